@@ -1,0 +1,58 @@
+"""Model backends. `BACKENDS` is the one place a config's backend name becomes a class.
+
+Backend modules import their engine library lazily (in the constructor), so importing
+this registry stays cheap for the CLI and the CPU tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fspo_data.backends import instant
+from fspo_data.backends.base import LLMBackend
+from fspo_data.backends.vllm_engine import VLLMBackend, engine_env
+
+if TYPE_CHECKING:
+    from fspo_data.pipeline.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    create: Callable[[ModelConfig], LLMBackend]
+    process_env: Callable[[ModelConfig], dict[str, str]]
+
+
+def _openai(model: ModelConfig) -> LLMBackend:
+    from fspo_data.backends.openai_backend import OpenAIBackend
+
+    settings = model.openai
+    # Limits in the config are for the whole job; each replica enforces its share.
+    share = {
+        "max_concurrency": max(1, settings.max_concurrency // model.replicas),
+        "requests_per_minute": settings.requests_per_minute
+        and settings.requests_per_minute / model.replicas,
+        "tokens_per_minute": settings.tokens_per_minute
+        and settings.tokens_per_minute / model.replicas,
+    }
+    return OpenAIBackend(settings.model_copy(update=share))
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "vllm": BackendEntry(create=VLLMBackend, process_env=engine_env),
+    # The API key stays in the environment the workers inherit; a runtime_env would show it
+    # in Ray's dashboard, so nothing is passed here.
+    "openai": BackendEntry(create=_openai, process_env=lambda _: {}),
+    # Benchmarks and reliability tests only; see its module docstring.
+    instant.NAME: BackendEntry(create=instant.InstantBenchmarkDouble, process_env=lambda _: {}),
+}
+
+
+def make_backend(model: ModelConfig) -> LLMBackend:
+    return BACKENDS[model.backend].create(model)
+
+
+def backend_env(model: ModelConfig) -> dict[str, str]:
+    """Environment the backend's process needs (the Ray actor's runtime_env)."""
+    return BACKENDS[model.backend].process_env(model)

@@ -1,0 +1,77 @@
+"""The one interface every model backend implements, and the request/result types.
+
+Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order.
+A backend never raises for a single bad completion: it returns `Completion(ok=False)`
+with a reason, and the stage drops and counts that record.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    messages: list[ChatMessage]
+    max_tokens: int = Field(gt=0)
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = Field(description="Per-request sampling seed, so a rerun reproduces the text.")
+    top_logprobs: int = Field(
+        default=0, ge=0, description="How many alternatives to return for the first token."
+    )
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    ok: bool = True
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    first_token_logprobs: dict[str, float] = Field(
+        default_factory=dict,
+        description="Decoded first-token alternatives (stripped) -> best log-probability.",
+    )
+    retries: int = 0
+
+
+class BackendStats(BaseModel):
+    """Counters a backend accumulates; the run summary adds them up across replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: int = 0
+    failed: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generate_seconds: float = 0.0
+
+    def add(self, completions: list[Completion], seconds: float) -> None:
+        self.requests += len(completions)
+        self.failed += sum(not c.ok for c in completions)
+        self.retries += sum(c.retries for c in completions)
+        self.prompt_tokens += sum(c.prompt_tokens for c in completions)
+        self.completion_tokens += sum(c.completion_tokens for c in completions)
+        self.cached_prompt_tokens += sum(c.cached_prompt_tokens for c in completions)
+        self.generate_seconds += seconds
+
+
+class LLMBackend(Protocol):
+    """What stages need from a model: batched chat completions, in request order."""
+
+    model_name: str
+
+    def complete(self, requests: list[ChatRequest]) -> list[Completion]: ...
+
+    def stats(self) -> BackendStats: ...

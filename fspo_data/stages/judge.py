@@ -1,0 +1,563 @@
+"""Judge: each user labels candidate pairs, every pair asked in both orders.
+
+The verdict is read from the log-probabilities of the letters "A" and "B" for the first
+generated token (no free text is parsed); the margin is kept as the label's confidence.
+Order handling, for a pair (x, y):
+    margin_first  = logp(A) - logp(B) with x in slot A   (> 0 prefers x)
+    margin_second = logp(A) - logp(B) with y in slot A   (> 0 prefers y)
+A judge with a constant position bias b and a true preference s for x gives
+margin_first = s + b and margin_second = -s + b, so (margin_first - margin_second) / 2 = s
+(the debiased margin) and (margin_first + margin_second) / 2 = b (the position bias).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass, fields
+from functools import cache, lru_cache
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from fspo_data.backends.base import ChatMessage, ChatRequest, Completion, LLMBackend
+from fspo_data.domains import DomainSpec, load_domain
+from fspo_data.pipeline.config import JobConfig, JudgeConfig
+from fspo_data.pipeline.io import read_committed
+from fspo_data.prompts import render
+from fspo_data.records import (
+    Judgment,
+    Persona,
+    Question,
+    RecordTable,
+    Response,
+    derived_seed,
+    stable_id,
+)
+from fspo_data.stages.base import (
+    ShardOutput,
+    ShardSpec,
+    Stage,
+    StageContext,
+    complete_all,
+    gc_paused,
+    records_from_table,
+    require_columns,
+)
+from fspo_data.stages.personas import plan as persona_plan
+
+
+@dataclass(frozen=True)
+class CandidatePair:
+    question_uuid: str
+    x: str
+    y: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kept: bool
+    drop_reason: str
+    prefers_x: bool
+    debiased_margin: float
+
+
+def candidate_pairs(responses: list[Response]) -> list[CandidatePair]:
+    """All unordered pairs of candidates per question, x < y by id, in a stable order."""
+    by_question: dict[str, list[str]] = {}
+    for r in responses:
+        by_question.setdefault(r.question_uuid, []).append(r.response_uuid)
+    return [
+        CandidatePair(q, x, y)
+        for q in sorted(by_question)
+        for x, y in itertools.combinations(sorted(by_question[q]), 2)
+    ]
+
+
+def assign_pairs(
+    persona_uuid: str, pool: list[CandidatePair], count: int, seed: int
+) -> list[CandidatePair]:
+    """A seeded sample of `count` pairs (all of them if the pool is smaller) for one user.
+
+    Users draw from the same pool, so the same pair is labelled by many users.
+    """
+    rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
+    picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    return [pool[i] for i in sorted(picks)]
+
+
+@cache
+def _judge_formats() -> tuple[str, str]:
+    """The judge template's system and user messages as `str.format` strings.
+
+    Rendered once with marker values, then cut at the markers: filling a format string gives
+    the bytes `render` gives (values are never rescanned) at a fraction of the cost, which
+    matters at millions of prompts.
+    """
+    names = ("persona", "question", "response_a", "response_b")
+    marked = render("judge", **{name: f"\x00{name}\x00" for name in names})
+    if [m.role for m in marked] != ["system", "user"]:
+        raise ValueError("prompts/judge.txt: expected a [system] and a [user] section")
+    formats = []
+    for message in marked:
+        pieces = message.content.split("\x00")
+        formats.append(
+            "".join(
+                f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
+                for i, piece in enumerate(pieces)
+            )
+        )
+    return formats[0], formats[1]
+
+
+@lru_cache(maxsize=64)
+def _persona_message(description: str) -> ChatMessage:
+    # Requests come user by user, so one message serves all of a user's pairs.
+    return ChatMessage(role="system", content=_judge_formats()[0].format(persona=description))
+
+
+def user_message(question: str, first: str, second: str) -> ChatMessage:
+    content = _judge_formats()[1].format(question=question, response_a=first, response_b=second)
+    return ChatMessage(role="user", content=content)
+
+
+def order_requests(
+    persona: ChatMessage, user: ChatMessage, settings: JudgeConfig, seed: int
+) -> list[ChatRequest]:
+    """The requests for one order: one greedy call, or k samples for a majority vote."""
+    if settings.samples_per_order == 1:
+        return [
+            ChatRequest(
+                messages=[persona, user],
+                max_tokens=1,
+                temperature=0.0,
+                seed=seed,
+                top_logprobs=settings.top_logprobs,
+            )
+        ]
+    return [
+        ChatRequest(
+            messages=[persona, user],
+            max_tokens=1,
+            temperature=settings.sample_temperature,
+            seed=seed + k,
+        )
+        for k in range(settings.samples_per_order)
+    ]
+
+
+def judge_requests(
+    description: str, question: str, first: str, second: str, settings: JudgeConfig, seed: int
+) -> list[ChatRequest]:
+    """The requests for one order, `first` in slot A."""
+    return order_requests(
+        _persona_message(description), user_message(question, first, second), settings, seed
+    )
+
+
+def order_margin(completions: list[Completion]) -> float | None:
+    return letter_margin(completions[0]) if len(completions) == 1 else vote_margin(completions)
+
+
+def choose_stated_preferences(
+    description: str,
+    unsettled: list[tuple[str, str, float]],
+    domain: DomainSpec,
+    limit: int,
+) -> list[str]:
+    """Statements that settle up to `limit` unsettled pairs, given as (view_x, view_y, margin).
+
+    The preference follows the judge's own leaning (the sign of the debiased margin, x on a
+    tie), so refinement sharpens what the description already implies. A statement whose
+    reverse is already stated is skipped: it would make the description contradict itself.
+    """
+    chosen: list[str] = []
+    for view_x, view_y, margin in unsettled:
+        if view_x == view_y:
+            continue
+        better, worse = (view_x, view_y) if margin >= 0 else (view_y, view_x)
+        statement = domain.state_preference(better, worse)
+        reverse = domain.state_preference(worse, better)
+        stated = description + "\n" + "\n".join(chosen)
+        if statement in stated or reverse in stated:
+            continue
+        chosen.append(statement)
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def pair_difficulty(domain: DomainSpec, persona: Persona, view_x: str, view_y: str) -> str:
+    """elix: "easy" when a candidate was written for the user's own level, else "hard"."""
+    trait = domain.responses.view_matches_trait
+    if not trait:
+        return ""
+    level = next((t.value for t in persona.traits if t.name == trait), None)
+    return "easy" if level in (view_x, view_y) else "hard"
+
+
+def vote_margin(completions: list[Completion]) -> float | None:
+    """Smoothed log-odds of sampled "A" vs "B" votes: log((n_A + 1/2) / (n_B + 1/2)).
+
+    For k samples per order (judges whose log-probabilities are not trusted or not given);
+    the sign is the majority verdict. None if no sample voted for a letter.
+    """
+    votes = [c.text.strip()[:1] for c in completions if c.ok]
+    n_a, n_b = votes.count("A"), votes.count("B")
+    if n_a + n_b == 0:
+        return None
+    return math.log((n_a + 0.5) / (n_b + 0.5))
+
+
+def verdict_entropy(debiased_margin: float) -> float:
+    """Binary entropy (nats) of p = sigmoid(margin): the judge's uncertainty about a label."""
+    p = 1.0 / (1.0 + math.exp(-abs(debiased_margin)))
+    return -(p * math.log(p) + (1 - p) * math.log1p(-p))
+
+
+def letter_margin(completion: Completion) -> float | None:
+    """logp("A") - logp("B") of the first token; None if neither letter is among the top-k.
+
+    A letter missing from the top-k is given the smallest listed log-probability, an upper
+    bound on its true value, so the margin is conservative.
+    """
+    logprobs = completion.first_token_logprobs
+    a, b = logprobs.get("A"), logprobs.get("B")
+    if not completion.ok or (a is None and b is None):
+        return None
+    if a is None or b is None:
+        floor = min(logprobs.values())
+        a, b = floor if a is None else a, floor if b is None else b
+    return a - b
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """(j,) arrays: one verdict per pair; `drop_reason` is "" for kept pairs, "no_verdict"
+    where an order gave no letter (NaN margin)."""
+
+    kept: np.ndarray
+    drop_reason: np.ndarray
+    prefers_x: np.ndarray
+    debiased_margin: np.ndarray
+
+
+def reconcile_all(first: np.ndarray, second: np.ndarray, settings: JudgeConfig) -> Verdicts:
+    """Combine the two orders' (j,) margins into (j,) verdicts about x vs y (module docstring).
+
+    strict: kept when both orders name the same response (a zero margin names none);
+    calibrated: kept when |debiased margin| >= min_margin.
+    """
+    debiased = (first - second) / 2
+    prefers_x = debiased > 0
+    if settings.mode == "strict":
+        first_says_x, second_says_x = first > 0, second < 0
+        kept = (first != 0) & (second != 0) & (first_says_x == second_says_x)
+        prefers_x = np.where(kept, first_says_x, prefers_x)
+        reason = "order_flip"
+    else:
+        kept = ~(np.abs(debiased) < settings.min_margin)
+        reason = "low_margin"
+    has_verdict = ~np.isnan(debiased)
+    kept &= has_verdict
+    drop_reason = np.where(kept, "", np.where(has_verdict, reason, "no_verdict"))
+    return Verdicts(kept, drop_reason, prefers_x, debiased)
+
+
+def reconcile(margin_first: float, margin_second: float, settings: JudgeConfig) -> Verdict:
+    """`reconcile_all` for one pair."""
+    v = reconcile_all(np.array([margin_first]), np.array([margin_second]), settings)
+    return Verdict(
+        bool(v.kept[0]), str(v.drop_reason[0]), bool(v.prefers_x[0]), float(v.debiased_margin[0])
+    )
+
+
+def position_stats(
+    margins_first: list[float], margins_second: list[float]
+) -> dict[str, float | None]:
+    """How often slot A wins across single-order verdicts, and the mean bias b in nats."""
+    both = np.array(margins_first + margins_second, dtype=float)
+    if both.size == 0:
+        return {"first_slot_win_rate": None, "position_bias_nats": None}
+    bias = (np.array(margins_first) + np.array(margins_second)) / 2
+    return {
+        "first_slot_win_rate": float((both > 0).mean()),
+        "position_bias_nats": float(bias.mean()),
+    }
+
+
+def plan(config: JobConfig) -> list[ShardSpec]:
+    return [spec.model_copy(update={"stage": "judge"}) for spec in persona_plan(config)]
+
+
+@dataclass
+class ShardInputs:
+    personas: list[Persona]
+    questions: dict[str, str]
+    responses: dict[str, Response]
+    pool: list[CandidatePair]
+
+    def views(self, pair: CandidatePair) -> tuple[str, str]:
+        return self.responses[pair.x].view, self.responses[pair.y].view
+
+    def texts(self, pair: CandidatePair) -> tuple[str, str]:
+        return self.responses[pair.x].response, self.responses[pair.y].response
+
+
+def load_inputs(spec: ShardSpec, ctx: StageContext) -> ShardInputs:
+    sources = {
+        "personas": (read_committed(ctx.run_dir, "personas", prefix=spec.name), Persona),
+        "questions": (read_committed(ctx.run_dir, "questions", prefix=spec.domain), Question),
+        "responses": (read_committed(ctx.run_dir, "responses", prefix=spec.domain), Response),
+    }
+    for stage, (table, record_type) in sources.items():
+        require_columns("judge", stage, table, record_type)
+    personas = records_from_table(sources["personas"][0], Persona)
+    questions = {
+        q.question_uuid: q.question for q in records_from_table(sources["questions"][0], Question)
+    }
+    responses = [
+        r
+        for r in records_from_table(sources["responses"][0], Response)
+        if r.question_uuid in questions
+    ]
+    pool = candidate_pairs(responses)
+    limit = ctx.config.counts.pool_pairs
+    if limit is not None and limit < len(pool):
+        rng = np.random.default_rng(derived_seed("pool", ctx.config.seed, spec.domain))
+        pool = [pool[i] for i in sorted(rng.choice(len(pool), size=limit, replace=False))]
+    return ShardInputs(personas, questions, {r.response_uuid: r for r in responses}, pool)
+
+
+@dataclass
+class Margins:
+    """(j,) margins of every (user, pair) job in both orders; NaN where no letter was read."""
+
+    first: np.ndarray
+    second: np.ndarray
+
+    def lean(self) -> np.ndarray:
+        """(j,) debiased margins, 0 where an order gave no verdict."""
+        return np.nan_to_num((self.first - self.second) / 2, nan=0.0)
+
+
+@dataclass
+class Jobs:
+    """(j,) the (user, pair) judgments of a shard, user by user, with what their requests keep
+    across passes: the sampling seed and the user message in each order (refinement changes
+    only the persona message)."""
+
+    users: list[str]
+    pairs: list[CandidatePair]
+    seeds: list[int]
+    x_first: list[ChatMessage]
+    y_first: list[ChatMessage]
+
+    @classmethod
+    def build(cls, assigned: list[tuple[str, CandidatePair]], inputs: ShardInputs) -> Jobs:
+        users, pairs = [u for u, _ in assigned], [p for _, p in assigned]
+        texts = [(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs]
+        return cls(
+            users=users,
+            pairs=pairs,
+            seeds=[derived_seed("judge", u, p) for u, p in assigned],
+            x_first=[user_message(q, x, y) for q, x, y in texts],
+            y_first=[user_message(q, y, x) for q, x, y in texts],
+        )
+
+    def take(self, rows: list[int]) -> Jobs:
+        return Jobs(**{f.name: [getattr(self, f.name)[r] for r in rows] for f in fields(self)})
+
+
+def judge_pass(
+    backend: LLMBackend,
+    settings: JudgeConfig,
+    jobs: Jobs,
+    descriptions: dict[str, str],
+    counters: Counter[str],
+) -> Margins:
+    """Both orders of every job, judged with the user's current description.
+
+    Requests are ordered user by user so each user's persona prefix is cached once.
+    """
+    requests: list[ChatRequest] = []
+    for user, seed, x_first, y_first in zip(
+        jobs.users, jobs.seeds, jobs.x_first, jobs.y_first, strict=True
+    ):
+        persona = _persona_message(descriptions[user])
+        requests += order_requests(persona, x_first, settings, seed)
+        requests += order_requests(persona, y_first, settings, seed)
+    completions = complete_all(backend, requests, counters, "judge")
+    k = settings.samples_per_order
+    margins = [order_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
+    both = np.array([math.nan if m is None else m for m in margins], dtype=float).reshape(-1, 2)
+    return Margins(both[:, 0].copy(), both[:, 1].copy())
+
+
+def refine(
+    inputs: ShardInputs,
+    jobs: Jobs,
+    margins: Margins,
+    ctx: StageContext,
+    domain: DomainSpec,
+    counters: Counter[str],
+) -> dict[str, str]:
+    """Refinement rounds; updates `margins` in place and returns the final descriptions."""
+    settings = ctx.config.stages.judge
+    descriptions = {p.persona_uuid: p.persona_description for p in inputs.personas}
+    rows_of: dict[str, list[int]] = {}
+    for row, user in enumerate(jobs.users):
+        rows_of.setdefault(user, []).append(row)
+    for _ in range(settings.refine_rounds):
+        settled = reconcile_all(margins.first, margins.second, settings).kept.tolist()
+        lean = margins.lean().tolist()
+        changed = []
+        for user, rows in rows_of.items():
+            unsettled = [(*inputs.views(jobs.pairs[r]), lean[r]) for r in rows if not settled[r]]
+            statements = choose_stated_preferences(
+                descriptions[user], unsettled, domain, settings.stated_preferences_per_round
+            )
+            if statements:
+                descriptions[user] = "\n".join([descriptions[user], *statements])
+                counters["stated_preferences_added"] += len(statements)
+                changed.append(user)
+        if not changed:
+            break
+        counters["refine_rounds_run"] += 1
+        counters["users_refined"] += len(changed)
+        rows = [row for user in changed for row in rows_of[user]]
+        relabelled = judge_pass(ctx.llm(), settings, jobs.take(rows), descriptions, counters)
+        margins.first[rows], margins.second[rows] = relabelled.first, relabelled.second
+    return descriptions
+
+
+def count_verdicts(verdicts: Verdicts, counters: Counter[str]) -> None:
+    counters["pairs_judged"] += len(verdicts.kept)
+    reasons, counts = np.unique(verdicts.drop_reason, return_counts=True)
+    for reason, count in zip(reasons.tolist(), counts.tolist(), strict=True):
+        counters["pairs_kept" if reason == "" else f"pairs_dropped_{reason}"] += count
+
+
+ID_COLUMNS = (
+    "judgment_uuid",
+    "persona_uuid",
+    "question_uuid",
+    "response_x_uuid",
+    "response_y_uuid",
+)
+
+
+def judgment_table(
+    jobs: Jobs,
+    margins: Margins,
+    initial_lean: np.ndarray,
+    descriptions: dict[str, str],
+    inputs: ShardInputs,
+    domain: DomainSpec,
+    verdicts: Verdicts,
+) -> pa.Table:
+    """The (j',) judgments with a verdict, in job order, as a table with Judgment's schema.
+
+    Texts and views are joined in by id, chosen/rejected are picked column-wise; only the
+    record ids (blake2b) and elix's easy/hard tag are computed row by row.
+    """
+    rows = np.flatnonzero(verdicts.drop_reason != "no_verdict")
+    judged = jobs.take(rows.tolist())
+    users, pairs = judged.users, judged.pairs
+    personas = {p.persona_uuid: p for p in inputs.personas}
+    frame = pl.DataFrame(
+        {
+            "judgment_uuid": [
+                stable_id("judgment", u, p.x, p.y) for u, p in zip(users, pairs, strict=True)
+            ],
+            "persona_uuid": users,
+            "question_uuid": [p.question_uuid for p in pairs],
+            "response_x_uuid": [p.x for p in pairs],
+            "response_y_uuid": [p.y for p in pairs],
+            "margin_first": margins.first[rows],
+            "margin_second": margins.second[rows],
+            "debiased_margin": verdicts.debiased_margin[rows],
+            "initial_debiased_margin": initial_lean[rows],
+            "kept": verdicts.kept[rows],
+            "drop_reason": verdicts.drop_reason[rows].tolist(),
+            "prefers_x": verdicts.prefers_x[rows],
+        },
+        # Typed even when no pair got a verdict, so the joins below still line up.
+        schema_overrides=dict.fromkeys(ID_COLUMNS, pl.String),
+    )
+    user_frame = pl.DataFrame(
+        {
+            "persona_uuid": list(descriptions),
+            "domain": [personas[u].domain for u in descriptions],
+            "persona_description": list(descriptions.values()),
+            "refined": [d != personas[u].persona_description for u, d in descriptions.items()],
+        }
+    )
+    texts = pl.DataFrame(
+        {
+            "uuid": list(inputs.responses),
+            "text": [r.response for r in inputs.responses.values()],
+            "view": [r.view for r in inputs.responses.values()],
+        }
+    )
+    questions = pl.DataFrame(
+        {"question_uuid": list(inputs.questions), "question": list(inputs.questions.values())}
+    )
+    x_first = pl.col("prefers_x")
+    frame = (
+        frame.with_columns(
+            chosen_uuid=pl.when(x_first).then("response_x_uuid").otherwise("response_y_uuid"),
+            rejected_uuid=pl.when(x_first).then("response_y_uuid").otherwise("response_x_uuid"),
+            confidence=pl.col("debiased_margin").abs(),
+        )
+        .join(user_frame, on="persona_uuid", how="left", maintain_order="left")
+        .join(questions, on="question_uuid", how="left", maintain_order="left")
+        .join(_prefixed(texts, "chosen"), on="chosen_uuid", how="left", maintain_order="left")
+        .join(_prefixed(texts, "rejected"), on="rejected_uuid", how="left", maintain_order="left")
+        .rename({"chosen_text": "chosen", "rejected_text": "rejected"})
+    )
+    difficulty = [""] * frame.height
+    if domain.responses.view_matches_trait:
+        difficulty = [
+            pair_difficulty(domain, personas[u], *inputs.views(p))
+            for u, p in zip(users, pairs, strict=True)
+        ]
+    frame = frame.with_columns(difficulty=pl.Series(difficulty, dtype=pl.String))
+    schema = Judgment.arrow_schema()
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def _prefixed(texts: pl.DataFrame, role: str) -> pl.DataFrame:
+    return texts.rename({"uuid": f"{role}_uuid", "text": f"{role}_text", "view": f"{role}_view"})
+
+
+@gc_paused()
+def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+    config, settings = ctx.config, ctx.config.stages.judge
+    domain = load_domain(spec.domain)
+    inputs = load_inputs(spec, ctx)
+    counters: Counter[str] = Counter()
+    if not inputs.pool:
+        counters["judge_no_pairs"] += 1
+        return ShardOutput(records=[], counters=counters)
+    assigned = [
+        (p.persona_uuid, pair)
+        for p in inputs.personas
+        for pair in assign_pairs(
+            p.persona_uuid, inputs.pool, config.counts.pairs_per_user, config.seed
+        )
+    ]
+    jobs = Jobs.build(assigned, inputs)
+    descriptions = {p.persona_uuid: p.persona_description for p in inputs.personas}
+    margins = judge_pass(ctx.llm(), settings, jobs, descriptions, counters)
+    initial_lean = margins.lean()
+    descriptions = refine(inputs, jobs, margins, ctx, domain, counters)
+    verdicts = reconcile_all(margins.first, margins.second, settings)
+    count_verdicts(verdicts, counters)
+    table = judgment_table(jobs, margins, initial_lean, descriptions, inputs, domain, verdicts)
+    return ShardOutput(records=RecordTable(table, Judgment), counters=counters)
+
+
+STAGE = Stage(name="judge", record_type=Judgment, needs_llm=True, plan=plan, run=run)

@@ -1,0 +1,127 @@
+"""Questions: per domain, topics cycled evenly, phrased by the model or by a fixed template."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from string import Template
+
+from fspo_data.backends.base import ChatRequest
+from fspo_data.domains import DomainSpec, load_domain
+from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.pipeline.config import JobConfig, SamplingConfig
+from fspo_data.prompts import render
+from fspo_data.records import Question, derived_seed, stable_id
+from fspo_data.stages.base import (
+    ShardOutput,
+    ShardSpec,
+    Stage,
+    StageContext,
+    complete_all,
+    cut_shards,
+)
+
+
+def topics(domain: DomainSpec) -> list[str]:
+    spec = domain.questions
+    if spec.topics_from_trait:
+        return sorted(load_taxonomy(domain.name).attributes[spec.topics_from_trait])
+    return list(spec.topics)
+
+
+def question_topic(domain: DomainSpec, index: int) -> str:
+    """Topics cycle so questions cover all of them evenly."""
+    options = topics(domain)
+    return options[index % len(options)]
+
+
+def question_request(
+    domain: DomainSpec, topic: str, sampling: SamplingConfig, seed: int
+) -> ChatRequest:
+    return ChatRequest(
+        messages=render(domain.questions.prompt, topic=topic),
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+    )
+
+
+QUESTION = re.compile(r"[A-Z][^.!?:\"“”\n]*\?")
+
+
+def parse_question(text: str) -> str | None:
+    """The first question sentence in the text; None if there is none.
+
+    Small models wrap their question (`A person might ask, "Which ...?"`) or chat around it,
+    so the first capitalised run ending in "?" with no quote, colon or sentence end is taken.
+    """
+    for match in QUESTION.finditer(text):
+        question = match.group().strip()
+        if len(question) >= 10:
+            return question
+    return None
+
+
+def phrase_questions(
+    domain: DomainSpec,
+    chosen: list[str],
+    ids: list[str],
+    ctx: StageContext,
+    counters: Counter[str],
+) -> list[str | None]:
+    if domain.questions.fixed_question:
+        template = Template(domain.questions.fixed_question)
+        return [template.substitute(topic=topic) for topic in chosen]
+    # Small models often answer instead of asking: retry those with a new seed, bounded.
+    sampling = ctx.config.stages.questions
+    phrased: list[str | None] = [None] * len(ids)
+    for attempt in range(ctx.config.stages.persona_checks.max_attempts):
+        pending = [i for i, text in enumerate(phrased) if text is None]
+        if not pending:
+            break
+        if attempt:
+            counters["questions_regenerated"] += len(pending)
+        requests = [
+            question_request(domain, chosen[i], sampling, derived_seed(ids[i], attempt))
+            for i in pending
+        ]
+        completions = complete_all(ctx.llm(), requests, counters, "questions")
+        for i, c in zip(pending, completions, strict=True):
+            phrased[i] = parse_question(c.text) if c.ok else None
+    return phrased
+
+
+def plan(config: JobConfig) -> list[ShardSpec]:
+    return cut_shards(
+        "questions", config.domains, config.counts.questions, config.sharding.questions_per_shard
+    )
+
+
+def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+    domain = load_domain(spec.domain)
+    indices = range(spec.start, spec.stop)
+    chosen = [question_topic(domain, i) for i in indices]
+    ids = [stable_id("question", spec.domain, ctx.config.seed, i) for i in indices]
+    counters: Counter[str] = Counter()
+    texts = phrase_questions(domain, chosen, ids, ctx, counters)
+    records = []
+    for index, qid, topic, question in zip(indices, ids, chosen, texts, strict=True):
+        if question is None:
+            counters["questions_dropped_unparsable"] += 1
+            continue
+        records.append(
+            Question(
+                question_uuid=qid,
+                domain=spec.domain,
+                index=index,
+                question=question,
+                selected_trait=domain.questions.topics_from_trait or "topic",
+                trait_varied=topic,
+                question_type=domain.responses.prompt,
+            )
+        )
+    return ShardOutput(records=records, counters=counters)
+
+
+STAGE = Stage(name="questions", record_type=Question, needs_llm=True, plan=plan, run=run)

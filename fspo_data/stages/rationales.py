@@ -1,0 +1,93 @@
+"""RAT (optional): the model writes, from an episode's shots, a short description of the user.
+
+The episode is rewritten with it as `rationale` and the RAT variant of prompt and targets
+(the public FSPO trainer's format): the task line asks for a user description first, and the
+targets are `## User Description\\n{rationale}\\n## Preferred Response \\n{y}\\n`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fspo_data.backends.base import ChatRequest
+from fspo_data.pipeline.config import JobConfig, SamplingConfig
+from fspo_data.pipeline.io import read_committed
+from fspo_data.prompts import render
+from fspo_data.records import Episode, RatEpisode, Shot, derived_seed
+from fspo_data.stages.base import (
+    ShardOutput,
+    ShardSpec,
+    Stage,
+    StageContext,
+    complete_all,
+    records_from_table,
+    require_columns,
+)
+from fspo_data.stages.episodes import format_completion, format_prompt
+from fspo_data.stages.episodes import plan as episode_plan
+
+RAT_TASK_LINE = (
+    "Generate a user description based on the examples above. "
+    "Then, generate a preferred response to the following question."
+)
+MIN_RATIONALE_CHARS = 20
+
+
+def describe_shots(shots: list[Shot]) -> str:
+    return "\n\n".join(
+        f"Question: {s.question}\nPreferred: {s.chosen}\nNot preferred: {s.rejected}" for s in shots
+    )
+
+
+def rationale_request(episode: Episode, sampling: SamplingConfig) -> ChatRequest:
+    return ChatRequest(
+        messages=render("rationale", examples=describe_shots(episode.shots)),
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=derived_seed("rationale", episode.episode_uuid),
+    )
+
+
+def parse_rationale(text: str) -> str | None:
+    rationale = " ".join(text.split())
+    return rationale if len(rationale) >= MIN_RATIONALE_CHARS else None
+
+
+def with_rationale(episode: Episode, rationale: str) -> RatEpisode:
+    description = f"## User Description\n{rationale}\n"
+    return RatEpisode(
+        **episode.model_dump(),
+        rationale=rationale,
+        rat_prompt=format_prompt(episode.shots, episode.query_question, task_line=RAT_TASK_LINE),
+        rat_chosen=description + format_completion(episode.query_chosen),
+        rat_rejected=description + format_completion(episode.query_rejected),
+    )
+
+
+def plan(config: JobConfig) -> list[ShardSpec]:
+    if not config.stages.rationales.enabled:
+        return []
+    return [spec.model_copy(update={"stage": "rationales"}) for spec in episode_plan(config)]
+
+
+def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+    table = read_committed(ctx.run_dir, "episodes", prefix=spec.name)
+    require_columns("rationales", f"episodes/{spec.name}", table, Episode)
+    episodes = records_from_table(table, Episode)
+    counters: Counter[str] = Counter()
+    sampling = ctx.config.stages.rationales.sampling
+    completions = complete_all(
+        ctx.llm(), [rationale_request(e, sampling) for e in episodes], counters, "rationales"
+    )
+    records = []
+    for episode, completion in zip(episodes, completions, strict=True):
+        rationale = parse_rationale(completion.text) if completion.ok else None
+        if rationale is None:
+            counters["rationales_dropped_short"] += 1
+            continue
+        records.append(with_rationale(episode, rationale))
+    return ShardOutput(records=records, counters=counters)
+
+
+STAGE = Stage(name="rationales", record_type=RatEpisode, needs_llm=True, plan=plan, run=run)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a scripted backend (test double) and helpers to build a run folder."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fspo_data.backends.base import BackendStats, ChatRequest, Completion
+from fspo_data.pipeline.config import JobConfig
+from fspo_data.pipeline.io import Manifest, save_manifest, write_shard
+from fspo_data.records import Record, to_table
+
+TESTS_DIR = Path(__file__).parent
+
+
+class ScriptedBackend:
+    """Answers each request with `script(request)`; records what it was asked."""
+
+    model_name = "scripted"
+
+    def __init__(self, script: Callable[[ChatRequest], Completion]) -> None:
+        self.script = script
+        self.requests: list[ChatRequest] = []
+
+    def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        self.requests.extend(requests)
+        return [self.script(r) for r in requests]
+
+    def stats(self) -> BackendStats:
+        return BackendStats(requests=len(self.requests))
+
+
+def echo_text(request: ChatRequest) -> Completion:
+    """A deterministic, long-enough text derived from the prompt."""
+    digest = hashlib.sha256(request.messages[-1].content.encode()).hexdigest()[:12]
+    return Completion(
+        text=f"Line one about {digest}, long enough to pass checks.\nSecond view {digest[:4]}"
+    )
+
+
+def write_stage(run_dir: Path, stage: str, name: str, records: list[Record]) -> None:
+    """Commit `records` as shard `name` of `stage`, as the orchestrator would."""
+    stage_dir = run_dir / stage
+    record_type = type(records[0])
+    entry = write_shard(stage_dir, name, to_table(records, record_type))
+    manifest = Manifest(stage=stage, schema="", config_fingerprint="test", package_versions={})
+    if (stage_dir / "manifest.json").exists():
+        manifest = Manifest.model_validate_json((stage_dir / "manifest.json").read_text())
+    manifest.shards[name] = entry
+    save_manifest(stage_dir, manifest)
+
+
+@pytest.fixture
+def job_config(tmp_path: Path) -> JobConfig:
+    return JobConfig(run_dir=tmp_path / "run")

@@ -1,0 +1,197 @@
+"""Malformed job configs through the CLI: exit code 2, one stderr line naming file and field.
+
+tests/pipeline/test_config.py checks `load_config`'s messages on a few cases; this is the
+suite a data engineer meets at the command line. Every mistake must end `fspo-data run` before
+Ray or a model starts, with exit code 2 and a single line (no traceback) that says which file
+and which field to fix, and never repeats a value that may be a secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import ray
+
+from fspo_data.pipeline import cli
+from tests.reliability.conftest import run_cli
+
+PASTED_KEY = "sk-fspo-pasted-0123456789abcdef"
+
+
+def openai_config(setting: str) -> str:
+    """A config on the openai backend, valid but for `setting` in its `openai:` section."""
+    endpoint = "base_url: 'http://127.0.0.1:8000/v1', model: m"
+    return f"run_dir: r\nmodel: {{backend: openai, openai: {{{endpoint}, {setting}}}}}\n"
+
+
+# (config text, what the one line must contain: the field, or where the YAML broke)
+MALFORMED = {
+    "seed_not_int": ("run_dir: r\nseed: seven\n", "seed: Input should be a valid integer"),
+    "domains_scalar": ("run_dir: r\ndomains: roleplay\n", "domains: Input should be a valid list"),
+    "section_scalar": ("run_dir: r\ncounts: 12\n", "counts: Input should be a valid dictionary"),
+    "fractional_count": ("run_dir: r\nsharding: {users_per_shard: 2.5}\n", "users_per_shard:"),
+    "bool_not_bool": ("run_dir: r\nmodel: {use_gpu: sometimes}\n", "model.use_gpu:"),
+    "infinite_count": ("run_dir: r\ncounts: {users: .inf}\n", "counts.users: Input should be"),
+    "top_level_typo": ("run_dir: r\nsed: 3\n", "sed: unknown field"),
+    "nested_unknown": ("run_dir: r\nmodel: {backend: vllm, gpus: 2}\n", "model.gpus: unknown"),
+    "deep_unknown": (
+        "run_dir: r\nstages: {judge: {mode: strict, temperature: 0}}\n",
+        "stages.judge.temperature: unknown field",
+    ),
+    "negative_count": ("run_dir: r\ncounts: {questions: -5}\n", "counts.questions: Input should"),
+    "zero_shard_size": ("run_dir: r\nsharding: {questions_per_shard: 0}\n", "questions_per_shard"),
+    "zero_shots": ("run_dir: r\ncounts: {shots: {elix: 0}}\n", "counts.shots.elix:"),
+    "one_candidate": (
+        "run_dir: r\ncounts: {candidates_per_question: 1}\n",
+        "counts.candidates_per_question:",
+    ),
+    "shots_exceed_pairs": (
+        "run_dir: r\ndomains: [review]\ncounts: {pairs_per_user: 4, shots: {review: 4}}\n",
+        "counts.shots.review + 1 (5) exceeds counts.pairs_per_user (4)",
+    ),
+    "backend_missing": ("run_dir: r\nmodel: {backend: }\n", "model.backend: Input should be"),
+    "model_section_empty": ("run_dir: r\nmodel:\n", "model: Input should be a valid dictionary"),
+    "backend_unknown": ("run_dir: r\nmodel: {backend: llama.cpp}\n", "model.backend:"),
+    "domain_unknown": ("run_dir: r\ndomains: [roleplay, Poetry]\n", "domains.1: Input should"),
+    "domains_empty": ("run_dir: r\ndomains: []\n", "domains: List should have at least 1"),
+    "domain_twice": ("run_dir: r\ndomains: [elix, elix]\n", "domains: a domain is listed more"),
+    "temperature_negative": (
+        "run_dir: r\nstages: {responses: {temperature: -0.5}}\n",
+        "stages.responses.temperature: Input should be greater than or equal to 0",
+    ),
+    "top_p_above_one": (
+        "run_dir: r\nstages: {views: {top_p: 1.5}}\n",
+        "stages.views.top_p: Input should be less than or equal to 1",
+    ),
+    "nested_sampling_zero": (
+        "run_dir: r\nstages: {rationales: {sampling: {max_tokens: 0}}}\n",
+        "stages.rationales.sampling.max_tokens:",
+    ),
+    "top_logprobs_too_many": ("run_dir: r\nstages: {judge: {top_logprobs: 50}}\n", "top_logprobs"),
+    "openai_without_section": ("run_dir: r\nmodel: {backend: openai}\n", "model: backend 'openai'"),
+    "openai_without_base_url": (
+        "run_dir: r\nmodel: {backend: openai, openai: {model: m}}\n",
+        "model.openai.base_url: Field required",
+    ),
+    "openai_base_url_no_scheme": (
+        "run_dir: r\nmodel: {backend: openai, openai: {base_url: '127.0.0.1:8000/v1', model: m}}\n",
+        "model.openai.base_url: must start with http:// or https://",
+    ),
+    "openai_key_env_empty": (openai_config('api_key_env: ""'), "openai.api_key_env:"),
+    "openai_key_pasted_as_env_name": (
+        openai_config(f"api_key_env: {PASTED_KEY}"),
+        "model.openai.api_key_env: must be the NAME of an environment variable",
+    ),
+    "openai_key_as_field": (
+        openai_config(f"api_key: {PASTED_KEY}"),
+        "model.openai.api_key: unknown field",
+    ),
+    "ray_address_int": ("run_dir: r\nray: {address: 6379}\n", "ray.address: Input should be a"),
+    "ray_no_cpus": ("run_dir: r\nray: {num_cpus: 0}\n", "ray.num_cpus:"),
+    "run_dir_missing": ("seed: 1\ndomains: [elix]\n", "run_dir: Field required"),
+    "run_dir_empty": ('run_dir: ""\n', "run_dir: must not be empty"),
+    "split_everything": ("run_dir: r\nsplits: {test_user_fraction: 1.0}\n", "test_user_fraction"),
+    "yaml_unclosed_quote": ('run_dir: "r\nseed: 1\n', "not valid YAML at line"),
+    "yaml_tab_indent": ("run_dir: r\ncounts:\n\tusers: 3\n", "not valid YAML at line 3"),
+    "yaml_python_tag": ("run_dir: !!python/object/apply:os.system [ls]\n", "not valid YAML at"),
+    "empty_file": ("", "(top level): expected a mapping"),
+    "comments_only": ("# run_dir: r\n", "(top level): expected a mapping"),
+    "top_level_list": ("- run_dir: r\n", "(top level): expected a mapping"),
+    "top_level_scalar": ("roleplay\n", "(top level): expected a mapping"),
+}
+
+
+def _missing(path: Path) -> None:
+    """Nothing is written: the path names no file."""
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _not_utf8(path: Path) -> None:
+    path.write_bytes(b"run_dir: r\nseed: \xff\xfe\n")
+
+
+def _unreadable(path: Path) -> None:
+    path.write_text("run_dir: r\n")
+    path.chmod(0)
+
+
+NOT_A_CONFIG: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing": (_missing, "cannot read config: No such file or directory"),
+    "directory": (_directory, "cannot read config: Is a directory"),
+    "not_utf8": (_not_utf8, "not UTF-8 text (byte offset 17)"),
+    "unreadable": (_unreadable, "cannot read config: Permission denied"),
+}
+
+
+def assert_one_line_error(code: int, err: str, path: Path, expected: str) -> None:
+    """Exit code 2 and exactly one stderr line: `error: FILE: FIELD: what is wrong`."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: "), err
+    assert expected in err, err
+    assert PASTED_KEY not in err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, so a relative run_dir would show up in it if created."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("text", "expected"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_config_stops_the_run_with_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = workdir / "job.yaml"
+    path.write_text(text)
+    code = cli.main(["run", str(path)])
+    out, err = capsys.readouterr()
+    assert_one_line_error(code, err, path, expected)
+    assert out == ""
+    assert [p.name for p in workdir.iterdir()] == ["job.yaml"]  # no run folder begun
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(("make", "expected"), NOT_A_CONFIG.values(), ids=NOT_A_CONFIG.keys())
+def test_a_path_that_is_not_a_config_file_stops_the_run_with_one_line(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Path], None],
+    expected: str,
+) -> None:
+    if make is _unreadable and os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its mode")
+    path = workdir / "job.yaml"
+    make(path)
+    assert_one_line_error(cli.main(["run", str(path)]), capsys.readouterr().err, path, expected)
+
+
+def test_the_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
+    """The installed `fspo-data`, as a shell or scheduler runs it: the real exit status.
+
+    `status` reads the config saved in a run folder, which a person may have edited.
+    """
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    config = tmp_path / "job.yaml"
+    config.write_text(MALFORMED["openai_key_pasted_as_env_name"][0])
+    saved = run_folder / "config.yaml"
+    saved.write_text(MALFORMED["shots_exceed_pairs"][0])
+    binary = tmp_path / "binary.yaml"
+    _not_utf8(binary)
+    cases = [
+        (("run", str(config)), config, MALFORMED["openai_key_pasted_as_env_name"][1]),
+        (("status", str(run_folder)), saved, MALFORMED["shots_exceed_pairs"][1]),
+        (("run", "--quiet", str(binary)), binary, NOT_A_CONFIG["not_utf8"][1]),
+    ]
+    for argv, path, expected in cases:
+        code, err = run_cli(*argv, timeout=60)
+        assert_one_line_error(code, err, path, expected)

@@ -1,0 +1,130 @@
+"""The column-wise paths of the judge and episode stages against their row-by-row definitions."""
+
+import sys
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+
+from fspo_data.backends.base import ChatRequest, Completion
+from fspo_data.pipeline.config import JobConfig
+from fspo_data.prompts import render
+from fspo_data.records import Episode, Judgment, Persona, RecordTable, Shot, to_table
+from fspo_data.stages import episodes, judge
+from fspo_data.stages.base import StageContext
+from tests.conftest import ScriptedBackend
+from tests.stages.test_episodes import _judgment, _persona
+from tests.stages.test_judge import _views_run
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("a user", "q?", "x", "y"),
+        ("likes $money and {braces} and $$", "Why {0}?", "$response_b", "}{"),
+        ("", "", "", ""),
+    ],
+)
+def test_judge_messages_are_the_template_rendered(values):
+    persona, question, first, second = values
+    settings = judge.JudgeConfig()
+    (request,) = judge.judge_requests(persona, question, first, second, settings, seed=1)
+    expected = render(
+        "judge", persona=persona, question=question, response_a=first, response_b=second
+    )
+    assert request.messages == expected
+
+
+def test_reconcile_all_matches_reconcile_pair_by_pair():
+    first = [1.0, -1.0, 1.0, -1.0, 0.0, 0.3, 2.05, float("nan")]
+    second = [-1.0, 1.0, 1.0, -1.0, -1.0, 0.3, 1.95, 1.0]
+    for settings in (judge.JudgeConfig(mode="strict"), judge.JudgeConfig(min_margin=0.1)):
+        verdicts = judge.reconcile_all(pa.array(first).to_numpy(), pa.array(second).to_numpy(),
+                                       settings)  # fmt: skip
+        assert verdicts.drop_reason[-1] == "no_verdict" and not verdicts.kept[-1]
+        for i, (f, s) in enumerate(zip(first[:-1], second[:-1], strict=True)):
+            one = judge.reconcile(f, s, settings)
+            assert (one.kept, one.drop_reason, one.prefers_x) == (
+                verdicts.kept[i],
+                verdicts.drop_reason[i],
+                verdicts.prefers_x[i],
+            )
+
+
+def test_pairs_without_a_letter_are_counted_not_written(tmp_path):
+    _views_run(tmp_path, refine_rounds=0)  # writes the inputs
+    config = JobConfig(
+        run_dir=tmp_path,
+        counts={"users": 1, "pairs_per_user": 6, "shots": {"roleplay": 2}},
+        stages={"judge": {"refine_rounds": 0}},
+    )
+
+    def no_letters(request: ChatRequest) -> Completion:
+        return Completion(first_token_logprobs={"The": -0.1})
+
+    spec = judge.plan(config)[0]
+    output = judge.run(spec, StageContext(config=config, backend=ScriptedBackend(no_letters)))
+    assert len(output.records) == 0
+    assert to_table(output.records, Judgment).schema.equals(Judgment.arrow_schema())
+    assert output.counters["pairs_judged"] == output.counters["pairs_dropped_no_verdict"] == 6
+
+
+def test_a_shard_cuts_each_user_as_the_single_user_path_does():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 3}},
+        splits={"test_user_fraction": 0.3, "test_question_fraction": 0.3},
+    )
+    users = [_persona(f"u{u}") for u in range(8)] + [_persona("nobody")]
+    judgments = [
+        _judgment(p.persona_uuid, i, f"q{i % 7}", kept=i % 5 != 0)
+        for p in users[:-1]
+        for i in range(14)
+    ]
+    counters: Counter[str] = Counter()
+    table = episodes.episode_table(
+        to_table(users, Persona), to_table(judgments[::-1], Judgment), config, counters
+    )
+    shard = list(RecordTable(table, Episode))
+    one_by_one = [
+        e
+        for p in users
+        for e in episodes.user_episodes(
+            p, [j for j in judgments if j.persona_uuid == p.persona_uuid], config
+        )
+    ]
+    assert shard == one_by_one and len(shard) > 8
+    assert all(e.prompt == episodes.format_prompt(e.shots, e.query_question) for e in shard)
+    assert counters["users_without_episode"] == 1
+    assert sum(v for k, v in counters.items() if k.startswith("episodes_")) == len(shard)
+
+
+def test_prompt_column_is_format_prompt_byte_for_byte():
+    odd = "\x1c\u3000 a\u200b b \x85\n"  # Python whitespace Arrow's default trim would keep
+    shots = [
+        [
+            Shot(judgment_uuid="j", question=f" Q{i}{odd}", chosen=f"{odd}c{i}", rejected="r\t")
+            for i in range(n)
+        ]  # fmt: skip
+        for n in (3, 1, 10)
+    ]
+    questions = [f"{odd}why?{odd}", "\u2028q", ""]
+    column = pa.array([[s.model_dump() for s in row] for row in shots])
+    expected = [episodes.format_prompt(row, q) for row, q in zip(shots, questions, strict=True)]
+    assert episodes.prompt_column(column, pa.array(questions)).to_pylist() == expected
+    completions = episodes.completion_column(pa.array(questions)).to_pylist()
+    assert completions == [episodes.format_completion(q) for q in questions]
+    every = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+    assert every == episodes.PY_WHITESPACE
+
+
+def test_record_table_reads_like_a_list_and_checks_its_schema():
+    people = [_persona(f"u{i}") for i in range(3)]
+    rows = RecordTable(to_table(people, Persona), Persona)
+    assert list(rows) == people and rows[-1] == people[-1] and rows[:2] == people[:2]
+    with pytest.raises(IndexError):
+        rows[3]
+    with pytest.raises(ValueError, match="schema"):
+        RecordTable(to_table(people, Persona).drop_columns(["index"]), Persona)
+    with pytest.raises(ValueError):
+        to_table(rows, Judgment)

@@ -1,0 +1,165 @@
+import pytest
+
+from fspo_data.pipeline.config import JobConfig
+from fspo_data.records import Judgment, Persona, Shot, Trait
+from fspo_data.stages import episodes
+
+# DESIGN.md section 5, written out by hand: the prompt must match byte for byte.
+EXPECTED_PROMPT = (
+    "# Example 1\n"
+    "## Question \n"
+    "Q1?\n"
+    "## Preferred Response \n"
+    "good one\n"
+    "## Dispreferred Response \n"
+    "bad one\n"
+    "\n"
+    "# Example 2\n"
+    "## Question \n"
+    "Q2?\n"
+    "## Preferred Response \n"
+    "good two\n"
+    "## Dispreferred Response \n"
+    "bad two\n"
+    "\n"
+    "# Task\n"
+    "Given the examples above, generate a preferred response to the following question.\n"
+    "## Question \n"
+    "Final?\n"
+)
+
+
+def test_prompt_matches_design_byte_for_byte():
+    shots = [
+        Shot(judgment_uuid="a", question="Q1?", chosen="good one", rejected="bad one"),
+        Shot(judgment_uuid="b", question=" Q2?\n", chosen="good two ", rejected="bad two"),
+    ]
+    assert episodes.format_prompt(shots, "Final?") == EXPECTED_PROMPT
+    assert episodes.format_completion(" yes \n") == "## Preferred Response \nyes\n"
+
+
+def _judgment(user: str, i: int, question: str, kept: bool = True) -> Judgment:
+    return Judgment(
+        judgment_uuid=f"{user}-j{i}",
+        persona_uuid=user,
+        question_uuid=question,
+        domain="roleplay",
+        response_x_uuid=f"x{i}",
+        response_y_uuid=f"y{i}",
+        margin_first=1.0,
+        margin_second=-1.0,
+        debiased_margin=1.0,
+        initial_debiased_margin=0.5,
+        refined=False,
+        difficulty="",
+        kept=kept,
+        drop_reason="" if kept else "order_flip",
+        chosen_uuid=f"x{i}",
+        rejected_uuid=f"y{i}",
+        confidence=1.0,
+        persona_description="refined d",
+        question=f"{question}?",
+        chosen=f"chosen {i}",
+        rejected=f"rejected {i}",
+        chosen_view="vx",
+        rejected_view="vy",
+    )
+
+
+def _persona(uuid: str, domain: str = "roleplay", traits: list[Trait] | None = None) -> Persona:
+    return Persona(
+        persona_uuid=uuid,
+        domain=domain,
+        index=0,
+        traits=traits or [],
+        persona_description="d",
+    )
+
+
+def test_windows_use_only_kept_pairs_of_the_user_without_overlap():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 4}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+    )
+    judgments = [_judgment("u", i, f"q{i}") for i in range(11)] + [_judgment("u", 99, "q", False)]
+    result = episodes.user_episodes(_persona("u"), judgments, config=config)
+    assert len(result) == 2  # 11 kept pairs -> two windows of 5, one pair left over
+    used = [s.judgment_uuid for e in result for s in e.shots] + [
+        e.query_judgment_uuid for e in result
+    ]
+    assert len(used) == len(set(used)) == 10
+    assert "u-j99" not in used
+    assert all(e.split == "train" and len(e.shots) == 4 for e in result)
+    assert all(e.prompt.endswith(f"## Question \n{e.query_question}\n") for e in result)
+
+
+def test_held_out_questions_are_only_queries_and_never_in_train():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 3}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0.4},
+    )
+    all_episodes = []
+    for u in range(6):
+        judgments = [_judgment(f"u{u}", i, f"q{i}") for i in range(20)]
+        all_episodes += episodes.user_episodes(_persona(f"u{u}"), judgments, config=config)
+    held = {f"q{i}" for i in range(20) if episodes.held_out(0, "question", f"q{i}", 0.4)}
+    assert held, "fixture should hold out some questions"
+    train = [e for e in all_episodes if e.split == "train"]
+    test_q = [e for e in all_episodes if e.split == "test_questions"]
+    assert train and test_q
+    train_questions = {e.query_question_uuid for e in train} | {
+        s.question.rstrip("?") for e in train for s in e.shots
+    }
+    assert not train_questions & held
+    assert all(e.query_question_uuid in held for e in test_q)
+
+
+def test_held_out_users_have_every_episode_in_test_users():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 2}},
+        splits={"test_user_fraction": 0.5, "test_question_fraction": 0},
+    )
+    splits = {}
+    for u in range(20):
+        judgments = [_judgment(f"u{u}", i, f"q{i}") for i in range(10)]
+        for e in episodes.user_episodes(_persona(f"u{u}"), judgments, config=config):
+            splits.setdefault(e.persona_uuid, set()).add(e.split)
+    assert {"train"} in splits.values() and {"test_users"} in splits.values()
+    assert all(len(s) == 1 for s in splits.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_episodes_are_deterministic(seed):
+    config = JobConfig(run_dir="x", seed=seed, counts={"shots": {"roleplay": 3}})
+    judgments = [_judgment("u", i, f"q{i}") for i in range(12)]
+    first = episodes.user_episodes(_persona("u"), judgments, config=config)
+    again = episodes.user_episodes(_persona("u"), list(reversed(judgments)), config=config)
+    assert [e.episode_uuid for e in first] == [e.episode_uuid for e in again]
+
+
+def test_episode_carries_the_refined_description():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 2}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+    )
+    judgments = [_judgment("u", i, f"q{i}") for i in range(3)]
+    (episode,) = episodes.user_episodes(_persona("u"), judgments, config=config)
+    assert episode.persona_description == "refined d"
+
+
+def test_interpolated_review_users_are_held_out():
+    config = JobConfig(
+        run_dir="x",
+        domains=["review"],
+        counts={"shots": {"review": 2}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+    )
+    judgments = [_judgment("u", i, f"q{i}") for i in range(6)]
+    mixed = _persona("u", "review", [Trait(name="review_preference", value="positive and concise")])
+    pure = _persona("u", "review", [Trait(name="review_preference", value="positive")])
+    assert {e.split for e in episodes.user_episodes(mixed, judgments, config)} == {"test_users"}
+    assert {e.split for e in episodes.user_episodes(pure, judgments, config)} == {"train"}

@@ -1,0 +1,62 @@
+from fspo_data.backends.base import Completion
+from fspo_data.pipeline.config import JobConfig
+from fspo_data.records import Episode, RatEpisode, Shot
+from fspo_data.stages import rationales
+from fspo_data.stages.base import ShardSpec, StageContext
+from fspo_data.stages.episodes import format_completion, format_prompt
+from tests.conftest import ScriptedBackend, write_stage
+
+# The public FSPO trainer's RAT format, written out by hand.
+EXPECTED_RAT_PROMPT = (
+    "# Example 1\n## Question \nQ1?\n## Preferred Response \ngood\n"
+    "## Dispreferred Response \nbad\n\n"
+    "# Task\nGenerate a user description based on the examples above. Then, generate a "
+    "preferred response to the following question.\n## Question \nFinal?\n"
+)
+
+
+def _episode(uuid: str) -> Episode:
+    shots = [Shot(judgment_uuid="j1", question="Q1?", chosen="good", rejected="bad")]
+    return Episode(
+        episode_uuid=uuid,
+        persona_uuid="u",
+        domain="roleplay",
+        split="train",
+        persona_description="d",
+        traits=[],
+        shots=shots,
+        query_judgment_uuid="j2",
+        query_question_uuid="q2",
+        query_question="Final?",
+        query_chosen="yes",
+        query_rejected="no",
+        confidence=1.0,
+        prompt=format_prompt(shots, "Final?"),
+        chosen=format_completion("yes"),
+        rejected=format_completion("no"),
+    )
+
+
+def test_rationale_stage_writes_rat_prompt_and_targets(tmp_path):
+    config = JobConfig(run_dir=tmp_path, stages={"rationales": {"enabled": True}})
+    write_stage(tmp_path, "episodes", "roleplay-00000", [_episode("e1"), _episode("e2")])
+    texts = iter(["The user likes   plain, good answers.", "short"])
+    backend = ScriptedBackend(lambda r: Completion(text=next(texts)))
+    spec = ShardSpec(stage="rationales", domain="roleplay", index=0, start=0, stop=1)
+    output = rationales.run(spec, StageContext(config=config, backend=backend))
+    (record,) = output.records
+    assert isinstance(record, RatEpisode) and record.episode_uuid == "e1"
+    assert output.counters["rationales_dropped_short"] == 1
+    assert record.rationale == "The user likes plain, good answers."
+    assert record.rat_prompt == EXPECTED_RAT_PROMPT
+    assert record.rat_chosen == (
+        "## User Description\nThe user likes plain, good answers.\n## Preferred Response \nyes\n"
+    )
+    assert record.rat_rejected.endswith("## Preferred Response \nno\n")
+    assert "Preferred: good" in backend.requests[0].messages[-1].content
+
+
+def test_rationale_stage_plans_nothing_unless_enabled(tmp_path):
+    assert rationales.plan(JobConfig(run_dir=tmp_path)) == []
+    enabled = JobConfig(run_dir=tmp_path, stages={"rationales": {"enabled": True}})
+    assert rationales.plan(enabled)
