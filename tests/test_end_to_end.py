@@ -50,7 +50,7 @@ def test_every_stage_commits_its_planned_shards_with_matching_row_counts(tiny_ru
         ids = table.column(stage.record_type.id_field).to_pylist()
         assert len(ids) == len(set(ids)), f"duplicate ids in {stage.name}"
         assert table.schema.equals(stage.record_type.arrow_schema())
-    assert summary.judge.pairs_judged > 0
+    assert summary.consistency["overall"].pairs_judged > 0
     assert (config.run_dir / "summary.json").exists() and (config.run_dir / "config.yaml").exists()
 
 

@@ -34,6 +34,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         again = shlex.join(["fspo-data", "run", str(args.config), *run_dir])
         print(f"error: {exc}; committed shards are kept, run `{again}` to resume", file=sys.stderr)
         return 1  # not EXIT_USAGE: nothing is wrong with the command, it can resume later
+    if config.report.after_run:
+        from fspo_data.pipeline.report import add_diversity_to_summary
+
+        summary = add_diversity_to_summary(summary, config)
     render(summary)
     return 0
 

@@ -44,6 +44,18 @@ class RayConfig(StrictModel):
     )
 
 
+class ReportConfig(StrictModel):
+    after_run: bool = Field(
+        default=True,
+        description="Write the diversity report (RUN_DIR/report/) when a run finishes and print "
+        "its headline figures in the summary; it embeds every text, so switch it off for a "
+        "million-scale run on CPU and run `fspo-data report` where there is a GPU.",
+    )
+    sample_size: int = Field(
+        default=2000, gt=1, description="Cap on what the report's quadratic figures look at."
+    )
+
+
 class OpenAISettings(BaseModel):
     """How to reach an OpenAI-compatible endpoint and how hard to push it."""
 
@@ -351,6 +363,9 @@ class JobConfig(StrictModel):
         default=PersonaSamplingConfig(), description="How persona traits are sampled."
     )
     ray: RayConfig = Field(default=RayConfig(), description="Where Ray runs.")
+    report: ReportConfig = Field(
+        default=ReportConfig(), description="The diversity report written after a run."
+    )
 
     @field_validator("run_dir", mode="before")
     @classmethod
@@ -388,7 +403,9 @@ class JobConfig(StrictModel):
         shapes every persona and stays in. An endpoint's address, key variable, limits and
         retry budget are where and how fast; `max_malformed_retries` moves seeds, so it stays.
         """
-        payload = self.model_dump(mode="json", exclude={"run_dir": True, "ray": True})
+        payload = self.model_dump(
+            mode="json", exclude={"run_dir": True, "ray": True, "report": True}
+        )
         payload["model"].pop("replicas")
         if not self.personas.stratify:
             payload["counts"].pop("users")

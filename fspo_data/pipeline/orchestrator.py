@@ -55,7 +55,12 @@ from fspo_data.pipeline.io import (
     save_manifest,
     write_shard,
 )
-from fspo_data.pipeline.summary import RunSummary, StageSummary, summarize_judgments
+from fspo_data.pipeline.summary import (
+    RunSummary,
+    StageSummary,
+    summarize_judgments,
+    write_summary,
+)
 from fspo_data.prompts import PROMPT_DIR, template_hash
 from fspo_data.records import to_table
 from fspo_data.stages import STAGES, STAGES_BY_NAME
@@ -394,9 +399,7 @@ def run_job(
             stages=stages,
             consistency=summarize_judgments(config.run_dir, config.stages.judge),
         )
-        atomic_write_bytes(
-            Path(config.run_dir) / "summary.json", summary.model_dump_json(indent=1).encode()
-        )
+        write_summary(config.run_dir, summary)
     except OutputWriteError as exc:
         raise RunStopped(str(exc)) from None
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,9 @@ from pydantic import BaseModel, Field
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
 from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.pipeline.config import JobConfig
 from fspo_data.pipeline.io import load_manifest
+from fspo_data.pipeline.summary import RunSummary, write_summary
 
 NEAR_DUPLICATE_AGREEMENT = 0.95
 MIN_SHARED_PAIRS = 10
@@ -157,6 +160,21 @@ class _Timer:
 def headline_figures(result: ReportResult) -> dict[str, float]:
     """The numbers the run summary prints; NaN where the run has no such stage yet."""
     return _headline(result.report)
+
+
+def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSummary:
+    """Write the run's diversity report and put its headline figures into the summary (and
+    its summary.json); a figure the run has no data for yet is None."""
+    result = build_report(
+        config.run_dir,
+        make_embedder(config.stages.persona_checks.embedder),
+        sample_size=config.report.sample_size,
+        seed=config.seed,
+    )
+    figures = {k: None if math.isnan(v) else v for k, v in headline_figures(result).items()}
+    summary = summary.model_copy(update={"diversity": figures})
+    write_summary(config.run_dir, summary)
+    return summary
 
 
 def build_report(

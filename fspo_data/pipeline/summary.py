@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fspo_data.pipeline.config import JudgeConfig
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
-from fspo_data.pipeline.io import Manifest, load_manifest
+from fspo_data.pipeline.io import Manifest, atomic_write_bytes, load_manifest
 
 
 class StageSummary(BaseModel):
@@ -85,6 +85,10 @@ class RunSummary(BaseModel):
     diversity: dict[str, float | None] = Field(
         default_factory=dict, description="Headline figures of the diversity report."
     )
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    atomic_write_bytes(Path(run_dir) / "summary.json", summary.model_dump_json(indent=1).encode())
 
 
 def summarize_judgments(run_dir: Path, settings: JudgeConfig) -> dict[str, Consistency]:

@@ -54,6 +54,7 @@ def test_fingerprint_ignores_where_and_how_fast_but_not_what():
     base = JobConfig(run_dir="a")
     assert base.fingerprint() == JobConfig(run_dir="b", ray={"num_cpus": 2}).fingerprint()
     assert base.fingerprint() == JobConfig(run_dir="a", model={"replicas": 4}).fingerprint()
+    assert base.fingerprint() == JobConfig(run_dir="a", report={"after_run": False}).fingerprint()
     assert base.fingerprint() != JobConfig(run_dir="a", seed=1).fingerprint()
 
 

@@ -228,3 +228,23 @@ def test_report_with_the_real_minilm_embedder(tmp_path: Path) -> None:
     # The two identical descriptions are near-duplicates; the other two are not.
     assert report.personas.near_duplicate_rate == pytest.approx(0.5)
     assert 1.5 < report.personas.vendi < 4.0
+
+
+@pytest.mark.slow
+def test_run_command_prints_the_headline_diversity_figures(tmp_path: Path) -> None:
+    """`fspo-data run` on the instant backend, with the report on as by default: the summary
+    table ends with the report's headline figures, also stored in summary.json."""
+    from tests.reliability.conftest import instant_config, kill_session, start_job, write_config
+
+    config = instant_config(tmp_path / "run", report={"after_run": True})
+    job = start_job(["run", str(write_config(tmp_path / "job.yaml", config))])
+    try:
+        out, err = job.communicate(timeout=300)
+    finally:
+        kill_session(job)  # Ray's agents outlive the driver
+    assert job.returncode == 0, err
+    assert "diversity: persona_vendi" in out
+    stored = json.loads((config.run_dir / "summary.json").read_text())["diversity"]
+    assert stored["persona_vendi"] > 1.0
+    assert 0.0 <= stored["candidate_similarity"] <= 1.0
+    assert (config.run_dir / "report" / "diversity.html").exists()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -192,16 +192,19 @@ def kill_at_random_points(
     seed: int,
     max_delay_s: float,
     attempt_timeout_s: float = 300,
+    stages: Sequence[Stage] | None = None,
 ) -> int:
     """Start the job and SIGKILL it, `kills` times, then leave it killed.
 
-    Kill points are spread over the stages: attempt i waits for its first new shard file in a
-    seeded stage (stages sorted, so later attempts reach later stages; any stage once that
-    one is done), so the engine is up and working, then a seeded delay lands the kill
-    anywhere in a shard's computation, write or commit. Returns how many kills hit a live job.
+    Kill points are spread over `stages` (default: every stage with work): attempt i waits
+    for its first new shard file in a seeded stage (stages sorted, so later attempts reach
+    later stages; any stage once that one is done), so the engine is up and working, then a
+    seeded delay lands the kill anywhere in a shard's computation, write or commit. Returns
+    how many kills hit a live job: a kill aimed at a stage whose remaining work takes less
+    than the delay finds the job finished.
     """
     rng = random.Random(seed)
-    stages = [stage for stage in STAGES if stage.plan(config)]
+    stages = [stage for stage in stages or STAGES if stage.plan(config)]
     targets = sorted(rng.choices(range(len(stages)), k=kills))
     hits = 0
     for attempt, index in enumerate(targets):
