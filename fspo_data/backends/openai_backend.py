@@ -137,7 +137,7 @@ def parse_completion(raw: bytes, top_logprobs: int) -> Completion:
     content = message.get("content") if isinstance(message, dict) else None
     if content is not None and not isinstance(content, str):
         raise MalformedCompletion("content is not a string")
-    text = content or ""
+    text = _well_formed(content or "")
     logprobs = first_token_logprobs(choice.get("logprobs")) if top_logprobs > 0 else {}
     if top_logprobs == 0 and not text.strip():
         raise MalformedCompletion("empty content")
@@ -150,6 +150,15 @@ def parse_completion(raw: bytes, top_logprobs: int) -> Completion:
         cached_prompt_tokens=_count(details, "cached_tokens") if isinstance(details, dict) else 0,
         first_token_logprobs=logprobs,
     )
+
+
+def _well_formed(text: str) -> str:
+    """`text` with lone UTF-16 surrogates replaced by U+FFFD.
+
+    JSON may escape half a surrogate pair ("\\ud800"); Python decodes it, but UTF-8, and so
+    Parquet, cannot hold it, and the shard's write would fail on every resume.
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def first_token_logprobs(logprobs: object) -> dict[str, float]:

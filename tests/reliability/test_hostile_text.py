@@ -242,15 +242,11 @@ def test_a_real_job_on_a_hostile_endpoint_writes_whole_records(tmp_path) -> None
     assert_hostile_text_survived(config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="an endpoint's JSON may hold a lone surrogate ('\\ud800'); parse_completion "
-    "passes it on and the shard's Parquet write raises, on every resume too: "
-    "backends/openai_backend.py should refuse or replace such text",
-)
 def test_a_lone_surrogate_from_an_endpoint_cannot_poison_a_shard() -> None:
-    raw = json.dumps({"choices": [{"message": {"content": "fine \ud800 text"}}]}).encode()
-    text = parse_completion(raw, top_logprobs=0).text
+    """JSON's "\\ud800" escape decodes to a lone surrogate, which UTF-8 (Parquet) cannot hold:
+    written as is, the shard's write would fail on every resume."""
+    raw = json.dumps({"choices": [{"message": {"content": "fine \ud800 text \U0001f600"}}]})
+    text = parse_completion(raw.encode(), top_logprobs=0).text
+    assert text == "fine \ufffd text \U0001f600"
     response = fill(Response, "x").model_copy(update={"response": text})
-    to_table([response], Response)
+    assert to_table([response], Response).column("response")[0].as_py() == text
