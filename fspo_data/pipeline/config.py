@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+M = TypeVar("M", bound=BaseModel)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -437,6 +438,12 @@ def _one_line(path: Path, error: ValidationError) -> str:
 
 
 def load_config(path: Path | str) -> JobConfig:
+    return load_yaml_model(path, JobConfig)
+
+
+def load_yaml_model(path: Path | str, model: type[M]) -> M:
+    """Read a YAML config into `model`; any problem is a `ConfigError` of one line naming the
+    file and the field."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -451,7 +458,7 @@ def load_config(path: Path | str) -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping of fields")
     try:
-        return JobConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(path, exc)) from None
 

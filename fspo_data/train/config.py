@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fspo_data.pipeline.config import EMBEDDED_MODEL, ConfigError, _one_line
+from fspo_data.pipeline.config import EMBEDDED_MODEL, load_yaml_model
 
 
 class StrictModel(BaseModel):
@@ -129,21 +129,7 @@ class TrainConfig(StrictModel):
 
 
 def load_train_config(path: Path | str) -> TrainConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping of fields")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(path, exc)) from None
+    return load_yaml_model(path, TrainConfig)
 
 
 def dump_train_config(config: TrainConfig) -> str:

@@ -259,3 +259,6 @@ def test_config_errors_are_one_line_naming_file_and_field(tmp_path: Path) -> Non
     path.write_text("num_workers: 3\n")
     with pytest.raises(ConfigError, match="not a multiple"):
         load_train_config(path)
+    path.write_bytes(b"num_workers: 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml: not UTF-8 text \(byte offset 20\)"):
+        load_train_config(path)
