@@ -48,6 +48,10 @@ MALFORMED = {
         "run_dir: r\ncounts: {candidates_per_question: 1}\n",
         "counts.candidates_per_question:",
     ),
+    "stratify_typo": (
+        "run_dir: r\npersonas: {stratify: [gendr]}\n",
+        "personas.stratify: 'gendr' is in no taxonomy of roleplay",
+    ),
     "shots_exceed_pairs": (
         "run_dir: r\ndomains: [review]\ncounts: {pairs_per_user: 4, shots: {review: 4}}\n",
         "counts.shots.review + 1 (5) exceeds counts.pairs_per_user (4)",
