@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,17 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # YAML 1.1 reads yes/no/on/off as booleans, and pydantic would take True as 1.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            types = set(get_args(annotation)) or {annotation}
+            if types & {int, float} and bool not in types:
+                raise ValueError(f"expected a number, got {str(value).lower()} (a YAML boolean)")
+        return value
 
 
 class RayConfig(StrictModel):
@@ -59,10 +71,8 @@ class ReportConfig(StrictModel):
     )
 
 
-class OpenAISettings(BaseModel):
+class OpenAISettings(StrictModel):
     """How to reach an OpenAI-compatible endpoint and how hard to push it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str = Field(
         description="Endpoint root including the API version, e.g. 'http://127.0.0.1:8000/v1'."

@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from fspo_data.pipeline.config import EMBEDDED_MODEL, load_yaml_model
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from fspo_data.pipeline.config import EMBEDDED_MODEL, StrictModel, load_yaml_model
 
 
 class StageConfig(StrictModel):

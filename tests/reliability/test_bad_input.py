@@ -48,6 +48,10 @@ MALFORMED = {
         "run_dir: r\ncounts: {candidates_per_question: 1}\n",
         "counts.candidates_per_question:",
     ),
+    "yaml_boolean_count": (
+        "run_dir: r\ncounts: {users: yes}\n",
+        "counts.users: expected a number, got true (a YAML boolean)",
+    ),
     "stratify_typo": (
         "run_dir: r\npersonas: {stratify: [gendr]}\n",
         "personas.stratify: 'gendr' is in no taxonomy of roleplay",
