@@ -488,5 +488,6 @@ def load_yaml_model(path: Path | str, model: type[M]) -> M:
         raise ConfigError(_one_line(path, exc)) from None
 
 
-def dump_config(config: JobConfig) -> str:
+def dump_config(config: BaseModel) -> str:
+    """A job or train config as the YAML its loader reads back."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from fspo_data.pipeline.config import EMBEDDED_MODEL, StrictModel, load_yaml_model
@@ -126,7 +125,3 @@ class TrainConfig(StrictModel):
 
 def load_train_config(path: Path | str) -> TrainConfig:
     return load_yaml_model(path, TrainConfig)
-
-
-def dump_train_config(config: TrainConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -32,7 +32,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from fspo_data.backends.embedded import resolve_model_path
-from fspo_data.train.config import StageConfig, TrainConfig, dump_train_config
+from fspo_data.pipeline.config import dump_config
+from fspo_data.train.config import StageConfig, TrainConfig
 from fspo_data.train.data import TruncationStats, load_episodes, prepare_episodes
 from fspo_data.train.loss import ipo_loss
 
@@ -323,7 +324,7 @@ def run_train(run_dir_or_dataset: str, config: TrainConfig) -> TrainSummary:
     if Path(run_dir_or_dataset).exists():
         run_dir_or_dataset = str(Path(run_dir_or_dataset).resolve())
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    (config.output_dir / "config.yaml").write_text(dump_train_config(config))
+    (config.output_dir / "config.yaml").write_text(dump_config(config))
     if config.num_workers == 1:
         return train_process(run_dir_or_dataset, config)
 

@@ -4,10 +4,14 @@ every Parquet file readable, nothing temporary left."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import pytest
 
 from fspo_data.pipeline.config import JobConfig, load_config
 from fspo_data.stages import STAGES
+from fspo_data.stages.base import Stage
 from tests.conftest import TESTS_DIR
 from tests.reliability.conftest import (
     assert_run_is_whole,
@@ -19,7 +23,12 @@ from tests.reliability.conftest import (
 
 
 def check_kill_and_resume(
-    tmp_path, config: JobConfig, kills: int, seed: int, max_delay_s: float, stages=None
+    tmp_path: Path,
+    config: JobConfig,
+    kills: int,
+    seed: int,
+    max_delay_s: float,
+    stages: Sequence[Stage] | None = None,
 ) -> None:
     config_path = write_config(tmp_path / "job.yaml", config)
     reference_dir = tmp_path / "reference"
