@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fspo_data.core.records import Judgment, Persona, Question, Response
 from fspo_data.personas.taxonomy import load_taxonomy
 from fspo_data.pipeline.report import build_report, headline_figures
-from fspo_data.records import Judgment, Persona, Question, Response
 
 DIM = 384
 SHARDS = 16

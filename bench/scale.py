@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from fspo_data.pipeline.config import JobConfig
+from fspo_data.core.config import JobConfig
 from fspo_data.pipeline.orchestrator import init_ray, run_job
 
 NON_LLM = ("judge", "episodes", "report")

@@ -23,11 +23,11 @@ from pathlib import Path
 import ray
 
 from fspo_data.backends.vllm_engine import VLLMBackend
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Question, to_table
+from fspo_data.core.shards import Manifest, save_manifest, write_shard
 from fspo_data.domains import load_domain
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import Manifest, save_manifest, write_shard
 from fspo_data.pipeline.orchestrator import WorkerPool, init_ray
-from fspo_data.records import Question, to_table
 from fspo_data.stages.base import ShardSpec
 from fspo_data.stages.questions import question_topic
 from fspo_data.stages.responses import fixed_views, response_request

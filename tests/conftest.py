@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fspo_data.backends.base import BackendStats, ChatRequest, Completion
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import Manifest, save_manifest, write_shard
-from fspo_data.records import Record, to_table
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Record, to_table
+from fspo_data.core.shards import Manifest, save_manifest, write_shard
 
 TESTS_DIR = Path(__file__).parent
 

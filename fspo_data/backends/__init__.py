@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fspo_data.backends import instant
-from fspo_data.backends.base import LLMBackend
 from fspo_data.backends.vllm_engine import VLLMBackend, engine_env
+from fspo_data.core.chat import LLMBackend
 
 if TYPE_CHECKING:
-    from fspo_data.pipeline.config import ModelConfig
+    from fspo_data.core.config import ModelConfig
 
 
 @dataclass(frozen=True)

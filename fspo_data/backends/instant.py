@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import time
 
-from fspo_data.backends.base import BackendStats, ChatRequest, Completion
-from fspo_data.pipeline.config import ModelConfig
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion
+from fspo_data.core.config import ModelConfig
 
 NAME = "instant-benchmark-double"
 

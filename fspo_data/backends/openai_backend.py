@@ -29,8 +29,8 @@ import openai
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from fspo_data.backends.base import BackendStats, ChatRequest, Completion
-from fspo_data.pipeline.config import OpenAISettings
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion
+from fspo_data.core.config import OpenAISettings
 
 logger = logging.getLogger(__name__)
 

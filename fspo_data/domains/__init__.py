@@ -13,7 +13,7 @@ from string import Template
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from fspo_data.records import Trait
+from fspo_data.core.records import Trait
 
 DOMAIN_DIR = Path(__file__).parent
 

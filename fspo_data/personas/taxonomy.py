@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from fspo_data.records import Trait, derived_seed
+from fspo_data.core.records import Trait, derived_seed
 
 TAXONOMY_DIR = Path(__file__).parent / "taxonomies"
 

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from fspo_data.pipeline.config import JudgeConfig
+from fspo_data.core.config import JudgeConfig
 
 HISTOGRAM_EDGES = [-2.0, -1.0, -0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0]
 STAT_COLUMNS = [

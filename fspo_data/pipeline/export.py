@@ -26,11 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from fspo_data.pipeline.config import JobConfig, load_config
-from fspo_data.pipeline.episode_files import final_episode_files
-from fspo_data.pipeline.io import Manifest, load_manifest
+from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.records import Episode
+from fspo_data.core.shards import Manifest, final_episode_files, load_manifest
 from fspo_data.pipeline.summary import StageSummary
-from fspo_data.records import Episode
 from fspo_data.stages import STAGES
 from fspo_data.stages.base import require_columns
 

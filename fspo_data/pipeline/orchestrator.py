@@ -36,9 +36,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from fspo_data.backends import backend_env, make_backend
-from fspo_data.backends.base import BackendStats, ChatRequest, Completion, LLMBackend
-from fspo_data.pipeline.config import JobConfig, dump_config
-from fspo_data.pipeline.io import (
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBackend
+from fspo_data.core.config import JobConfig, dump_config
+from fspo_data.core.records import to_table
+from fspo_data.core.shards import (
     CorruptManifest,
     Manifest,
     OutputWriteError,
@@ -61,8 +62,8 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
+from fspo_data.pipeline.validate import validate_job
 from fspo_data.prompts import PROMPT_DIR, template_hash
-from fspo_data.records import to_table
 from fspo_data.stages import STAGES, STAGES_BY_NAME
 from fspo_data.stages.base import ShardSpec, Stage, StageContext
 
@@ -382,6 +383,7 @@ def run_job(
     """Run (or resume) every stage. Raises `RunConfigMismatch` before anything runs, and
     `RunStopped` when the model is down or the run folder cannot be written."""
     started = time.perf_counter()
+    validate_job(config)
     try:
         prepare_run_dir(config, force_new_config)
         init_ray(config)

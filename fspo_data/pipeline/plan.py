@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from fspo_data.pipeline.config import JobConfig, load_config
+from fspo_data.core.config import JobConfig
+from fspo_data.pipeline.validate import load_job
 
 # The CLI imports this module to register `plan` on every start, so the stage modules (and
 # with them polars and pyarrow) are imported where the planning needs them.
 if TYPE_CHECKING:
-    from fspo_data.backends.base import ChatMessage
+    from fspo_data.core.chat import ChatMessage
     from fspo_data.domains import DomainSpec
 
 CHARS_PER_TOKEN = 4.0
@@ -103,9 +104,9 @@ class _Tokens:
 
 
 def domain_loads(config: JobConfig, name: str, chars_per_token: float) -> list[StageLoad]:
+    from fspo_data.core.records import Question
     from fspo_data.domains import load_domain
     from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
-    from fspo_data.records import Question
     from fspo_data.stages.personas import persona_request
     from fspo_data.stages.questions import question_request, question_topic
     from fspo_data.stages.responses import response_request, views_request
@@ -179,7 +180,7 @@ def judge_load(
 ) -> StageLoad:
     """Both orders x samples_per_order per pair, for the first pass and each refinement round
     (whose descriptions carry the preferences stated so far)."""
-    from fspo_data.stages.judge import judge_requests
+    from fspo_data.judging import judge_requests
 
     settings = config.stages.judge
     response = tok.text(config.stages.responses.max_tokens)
@@ -294,7 +295,7 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    render(load_config(args.config), args, Console(width=max(Console().width, 120)))
+    render(load_job(args.config), args, Console(width=max(Console().width, 120)))
     return 0
 
 

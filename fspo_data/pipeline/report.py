@@ -22,11 +22,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
+from fspo_data.core.config import JobConfig
+from fspo_data.core.shards import load_manifest
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
 from fspo_data.personas.taxonomy import load_taxonomy
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import load_manifest
 from fspo_data.pipeline.summary import RunSummary, write_summary
 
 NEAR_DUPLICATE_AGREEMENT = 0.95

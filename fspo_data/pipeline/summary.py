@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from fspo_data.pipeline.config import JudgeConfig
+from fspo_data.core.config import JudgeConfig
+from fspo_data.core.shards import Manifest, atomic_write_bytes, load_manifest
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
-from fspo_data.pipeline.io import Manifest, atomic_write_bytes, load_manifest
 
 
 class StageSummary(BaseModel):

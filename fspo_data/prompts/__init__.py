@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from string import Template
 
-from fspo_data.backends.base import ChatMessage
+from fspo_data.core.chat import ChatMessage
 
 PROMPT_DIR = Path(__file__).parent
 _ROLES = ("system", "user")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,9 +19,9 @@ from typing import TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from fspo_data.backends.base import ChatRequest, Completion, LLMBackend
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.records import Record
+from fspo_data.core.chat import LLMBackend
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Record
 
 R = TypeVar("R", bound=Record)
 
@@ -119,26 +118,6 @@ def gc_paused() -> Iterator[None]:
 
 def records_from_table(table: pa.Table, record_type: type[R]) -> list[R]:
     return [record_type.model_validate(row) for row in table.to_pylist()]
-
-
-def complete_all(
-    backend: LLMBackend, requests: list[ChatRequest], counters: Counter[str], what: str
-) -> list[Completion]:
-    """Run a batch and count failures under `{what}_failed`; callers skip `ok=False` items.
-
-    `engine_ms` is the time spent inside the backend: the run summary sets it against the
-    stage's wall time to show how much of a stage is the model and how much is around it.
-    """
-    started = time.perf_counter()
-    completions = backend.complete(requests)
-    counters["engine_ms"] += round((time.perf_counter() - started) * 1000)
-    counters[f"{what}_requests"] += len(requests)
-    counters[f"{what}_failed"] += sum(not c.ok for c in completions)
-    counters["prompt_tokens"] += sum(c.prompt_tokens for c in completions)
-    counters["completion_tokens"] += sum(c.completion_tokens for c in completions)
-    counters["cached_prompt_tokens"] += sum(c.cached_prompt_tokens for c in completions)
-    counters["retries"] += sum(c.retries for c in completions)
-    return completions
 
 
 def clean_line(text: str) -> str:

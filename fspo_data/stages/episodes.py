@@ -20,10 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fspo_data.domains import load_domain
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import read_committed
-from fspo_data.records import (
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import (
     Episode,
     Judgment,
     Persona,
@@ -32,6 +30,8 @@ from fspo_data.records import (
     stable_id,
     to_table,
 )
+from fspo_data.core.shards import read_committed
+from fspo_data.domains import load_domain
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,

@@ -2,32 +2,24 @@
 
 The verdict is read from the log-probabilities of the letters "A" and "B" for the first
 generated token (no free text is parsed); the margin is kept as the label's confidence.
-Order handling, for a pair (x, y):
-    margin_first  = logp(A) - logp(B) with x in slot A   (> 0 prefers x)
-    margin_second = logp(A) - logp(B) with y in slot A   (> 0 prefers y)
-A judge with a constant position bias b and a true preference s for x gives
-margin_first = s + b and margin_second = -s + b, so (margin_first - margin_second) / 2 = s
-(the debiased margin) and (margin_first + margin_second) / 2 = b (the position bias).
+How the two orders combine into a verdict is `fspo_data.judging`'s (shared with the
+trainer's evaluation judge); this stage assigns pairs to users, refines personas and writes
+the judgments.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter
 from dataclasses import dataclass, fields
-from functools import cache, lru_cache
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from fspo_data.backends.base import ChatMessage, ChatRequest, Completion, LLMBackend
-from fspo_data.domains import DomainSpec, load_domain
-from fspo_data.pipeline.config import JobConfig, JudgeConfig
-from fspo_data.pipeline.io import read_committed
-from fspo_data.prompts import render
-from fspo_data.records import (
+from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend, complete_all
+from fspo_data.core.config import JobConfig, JudgeConfig
+from fspo_data.core.records import (
     Judgment,
     Persona,
     Question,
@@ -36,12 +28,21 @@ from fspo_data.records import (
     derived_seed,
     stable_id,
 )
+from fspo_data.core.shards import read_committed
+from fspo_data.domains import DomainSpec, load_domain
+from fspo_data.judging import (
+    Verdicts,
+    both_orders,
+    pair_margins,
+    persona_message,
+    reconcile_all,
+    user_message,
+)
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
-    complete_all,
     gc_paused,
     records_from_table,
     require_columns,
@@ -54,14 +55,6 @@ class CandidatePair:
     question_uuid: str
     x: str
     y: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    kept: bool
-    drop_reason: str
-    prefers_x: bool
-    debiased_margin: float
 
 
 def candidate_pairs(responses: list[Response]) -> list[CandidatePair]:
@@ -86,79 +79,6 @@ def assign_pairs(
     rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
     picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
     return [pool[i] for i in sorted(picks)]
-
-
-@cache
-def _judge_formats() -> tuple[str, str]:
-    """The judge template's system and user messages as `str.format` strings.
-
-    Rendered once with marker values, then cut at the markers: filling a format string gives
-    the bytes `render` gives (values are never rescanned) at a fraction of the cost, which
-    matters at millions of prompts.
-    """
-    names = ("persona", "question", "response_a", "response_b")
-    marked = render("judge", **{name: f"\x00{name}\x00" for name in names})
-    if [m.role for m in marked] != ["system", "user"]:
-        raise ValueError("prompts/judge.txt: expected a [system] and a [user] section")
-    formats = []
-    for message in marked:
-        pieces = message.content.split("\x00")
-        formats.append(
-            "".join(
-                f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
-                for i, piece in enumerate(pieces)
-            )
-        )
-    return formats[0], formats[1]
-
-
-@lru_cache(maxsize=64)
-def _persona_message(description: str) -> ChatMessage:
-    # Requests come user by user, so one message serves all of a user's pairs.
-    return ChatMessage(role="system", content=_judge_formats()[0].format(persona=description))
-
-
-def user_message(question: str, first: str, second: str) -> ChatMessage:
-    content = _judge_formats()[1].format(question=question, response_a=first, response_b=second)
-    return ChatMessage(role="user", content=content)
-
-
-def order_requests(
-    persona: ChatMessage, user: ChatMessage, settings: JudgeConfig, seed: int
-) -> list[ChatRequest]:
-    """The requests for one order: one greedy call, or k samples for a majority vote."""
-    if settings.samples_per_order == 1:
-        return [
-            ChatRequest(
-                messages=[persona, user],
-                max_tokens=1,
-                temperature=0.0,
-                seed=seed,
-                top_logprobs=settings.top_logprobs,
-            )
-        ]
-    return [
-        ChatRequest(
-            messages=[persona, user],
-            max_tokens=1,
-            temperature=settings.sample_temperature,
-            seed=seed + k,
-        )
-        for k in range(settings.samples_per_order)
-    ]
-
-
-def judge_requests(
-    description: str, question: str, first: str, second: str, settings: JudgeConfig, seed: int
-) -> list[ChatRequest]:
-    """The requests for one order, `first` in slot A."""
-    return order_requests(
-        _persona_message(description), user_message(question, first, second), settings, seed
-    )
-
-
-def order_margin(completions: list[Completion]) -> float | None:
-    return letter_margin(completions[0]) if len(completions) == 1 else vote_margin(completions)
 
 
 def choose_stated_preferences(
@@ -196,96 +116,6 @@ def pair_difficulty(domain: DomainSpec, persona: Persona, view_x: str, view_y: s
         return ""
     level = next((t.value for t in persona.traits if t.name == trait), None)
     return "easy" if level in (view_x, view_y) else "hard"
-
-
-def vote_margin(completions: list[Completion]) -> float | None:
-    """Smoothed log-odds of sampled "A" vs "B" votes: log((n_A + 1/2) / (n_B + 1/2)).
-
-    For k samples per order (judges whose log-probabilities are not trusted or not given);
-    the sign is the majority verdict. None if no sample voted for a letter.
-    """
-    votes = [c.text.strip()[:1] for c in completions if c.ok]
-    n_a, n_b = votes.count("A"), votes.count("B")
-    if n_a + n_b == 0:
-        return None
-    return math.log((n_a + 0.5) / (n_b + 0.5))
-
-
-def verdict_entropy(debiased_margin: float) -> float:
-    """Binary entropy (nats) of p = sigmoid(margin): the judge's uncertainty about a label."""
-    p = 1.0 / (1.0 + math.exp(-abs(debiased_margin)))
-    return -(p * math.log(p) + (1 - p) * math.log1p(-p))
-
-
-def letter_margin(completion: Completion) -> float | None:
-    """logp("A") - logp("B") of the first token; None if neither letter is among the top-k.
-
-    A letter missing from the top-k is given the smallest listed log-probability, an upper
-    bound on its true value, so the margin is conservative.
-    """
-    logprobs = completion.first_token_logprobs
-    a, b = logprobs.get("A"), logprobs.get("B")
-    if not completion.ok or (a is None and b is None):
-        return None
-    if a is None or b is None:
-        floor = min(logprobs.values())
-        a, b = floor if a is None else a, floor if b is None else b
-    return a - b
-
-
-@dataclass(frozen=True)
-class Verdicts:
-    """(j,) arrays: one verdict per pair; `drop_reason` is "" for kept pairs, "no_verdict"
-    where an order gave no letter (NaN margin)."""
-
-    kept: np.ndarray
-    drop_reason: np.ndarray
-    prefers_x: np.ndarray
-    debiased_margin: np.ndarray
-
-
-def reconcile_all(first: np.ndarray, second: np.ndarray, settings: JudgeConfig) -> Verdicts:
-    """Combine the two orders' (j,) margins into (j,) verdicts about x vs y (module docstring).
-
-    strict: kept when both orders name the same response (a zero margin names none);
-    calibrated: kept when |debiased margin| >= min_margin.
-    """
-    debiased = (first - second) / 2
-    prefers_x = debiased > 0
-    if settings.mode == "strict":
-        first_says_x, second_says_x = first > 0, second < 0
-        kept = (first != 0) & (second != 0) & (first_says_x == second_says_x)
-        prefers_x = np.where(kept, first_says_x, prefers_x)
-        reason = "order_flip"
-    else:
-        kept = ~(np.abs(debiased) < settings.min_margin)
-        reason = "low_margin"
-    has_verdict = ~np.isnan(debiased)
-    kept &= has_verdict
-    drop_reason = np.where(kept, "", np.where(has_verdict, reason, "no_verdict"))
-    return Verdicts(kept, drop_reason, prefers_x, debiased)
-
-
-def reconcile(margin_first: float, margin_second: float, settings: JudgeConfig) -> Verdict:
-    """`reconcile_all` for one pair."""
-    v = reconcile_all(np.array([margin_first]), np.array([margin_second]), settings)
-    return Verdict(
-        bool(v.kept[0]), str(v.drop_reason[0]), bool(v.prefers_x[0]), float(v.debiased_margin[0])
-    )
-
-
-def position_stats(
-    margins_first: list[float], margins_second: list[float]
-) -> dict[str, float | None]:
-    """How often slot A wins across single-order verdicts, and the mean bias b in nats."""
-    both = np.array(margins_first + margins_second, dtype=float)
-    if both.size == 0:
-        return {"first_slot_win_rate": None, "position_bias_nats": None}
-    bias = (np.array(margins_first) + np.array(margins_second)) / 2
-    return {
-        "first_slot_win_rate": float((both > 0).mean()),
-        "position_bias_nats": float(bias.mean()),
-    }
 
 
 def plan(config: JobConfig) -> list[ShardSpec]:
@@ -386,14 +216,10 @@ def judge_pass(
     for user, seed, x_first, y_first in zip(
         jobs.users, jobs.seeds, jobs.x_first, jobs.y_first, strict=True
     ):
-        persona = _persona_message(descriptions[user])
-        requests += order_requests(persona, x_first, settings, seed)
-        requests += order_requests(persona, y_first, settings, seed)
+        persona = persona_message(descriptions[user])
+        requests += both_orders(persona, x_first, y_first, settings, seed)
     completions = complete_all(backend, requests, counters, "judge")
-    k = settings.samples_per_order
-    margins = [order_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
-    both = np.array([math.nan if m is None else m for m in margins], dtype=float).reshape(-1, 2)
-    return Margins(both[:, 0].copy(), both[:, 1].copy())
+    return Margins(*pair_margins(completions, settings))
 
 
 def refine(

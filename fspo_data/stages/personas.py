@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from functools import cache
 
-from fspo_data.backends.base import ChatRequest
+from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.records import Persona, Trait, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.dedup import deduplicate
 from fspo_data.personas.embeddings import TextEmbedder, make_embedder
@@ -15,15 +17,12 @@ from fspo_data.personas.taxonomy import (
     load_taxonomy,
     sample_traits,
 )
-from fspo_data.pipeline.config import JobConfig, SamplingConfig
 from fspo_data.prompts import render
-from fspo_data.records import Persona, Trait, derived_seed, stable_id
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
-    complete_all,
     cut_shards,
 )
 

@@ -6,18 +6,17 @@ import re
 from collections import Counter
 from string import Template
 
-from fspo_data.backends.base import ChatRequest
+from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.records import Question, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
-from fspo_data.pipeline.config import JobConfig, SamplingConfig
 from fspo_data.prompts import render
-from fspo_data.records import Question, derived_seed, stable_id
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
-    complete_all,
     cut_shards,
 )
 

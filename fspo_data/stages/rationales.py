@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fspo_data.backends.base import ChatRequest
-from fspo_data.pipeline.config import JobConfig, SamplingConfig
-from fspo_data.pipeline.io import read_committed
+from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.records import Episode, RatEpisode, Shot, derived_seed
+from fspo_data.core.shards import read_committed
 from fspo_data.prompts import render
-from fspo_data.records import Episode, RatEpisode, Shot, derived_seed
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
-    complete_all,
     records_from_table,
     require_columns,
 )

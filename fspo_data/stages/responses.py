@@ -10,19 +10,18 @@ from collections import Counter
 
 import numpy as np
 
-from fspo_data.backends.base import ChatRequest
+from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.records import Question, Response, derived_seed, stable_id
+from fspo_data.core.shards import read_committed
 from fspo_data.domains import DomainSpec, load_domain
-from fspo_data.pipeline.config import JobConfig, SamplingConfig
-from fspo_data.pipeline.io import read_committed
 from fspo_data.prompts import render
-from fspo_data.records import Question, Response, derived_seed, stable_id
 from fspo_data.stages.base import (
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
     clean_line,
-    complete_all,
     records_from_table,
     require_columns,
 )

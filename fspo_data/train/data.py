@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from fspo_data.pipeline.episode_files import final_episode_files
+from fspo_data.core.shards import final_episode_files
 
 if TYPE_CHECKING:
     import datasets

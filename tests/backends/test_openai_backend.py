@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from fspo_data.backends.base import ChatMessage, ChatRequest, LLMBackend
 from fspo_data.backends.openai_backend import (
     MalformedCompletion,
     OpenAIBackend,
@@ -21,6 +20,7 @@ from fspo_data.backends.openai_backend import (
     safe_error,
     scrub,
 )
+from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend
 
 from .fake_openai_server import (
     FakeOpenAIServer,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from fspo_data.pipeline.config import JobConfig, load_config
+from fspo_data.core.config import JobConfig, load_config
 from fspo_data.pipeline.orchestrator import run_job
 from tests.backends.fake_openai_server import FakeOpenAIServer, FaultScript
 from tests.conftest import TESTS_DIR

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fspo_data.backends.base import ChatMessage, ChatRequest
 from fspo_data.backends.embedded import ensure_embedded_model
 from fspo_data.backends.openai_backend import OpenAIBackend, OpenAISettings
+from fspo_data.core.chat import ChatMessage, ChatRequest
 
 pytestmark = pytest.mark.model
 

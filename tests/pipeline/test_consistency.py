@@ -4,9 +4,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from fspo_data.core.config import JudgeConfig
 from fspo_data.personas.diversity import agreement_matrix, near_duplicate_labellers
 from fspo_data.pipeline import consistency as stats
-from fspo_data.pipeline.config import JudgeConfig
 
 SETTINGS = JudgeConfig(flag_agreement=0.9, flag_min_shared=4)
 

@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fspo_data.pipeline.config import JobConfig, ModelConfig, dump_config
+from fspo_data.core.config import JobConfig, ModelConfig, dump_config
+from fspo_data.core.records import Episode, Persona, Shot, Trait
+from fspo_data.core.shards import load_manifest, save_manifest
 from fspo_data.pipeline.consistency import Consistency
 from fspo_data.pipeline.export import (
     ExportError,
@@ -21,10 +23,8 @@ from fspo_data.pipeline.export import (
     upload_export,
     write_export,
 )
-from fspo_data.pipeline.io import load_manifest, save_manifest
 from fspo_data.pipeline.report import CandidateFigures, DiversityReport, Histogram, TextFigures
 from fspo_data.pipeline.summary import RunSummary, StageSummary
-from fspo_data.records import Episode, Persona, Shot, Trait
 from fspo_data.stages.episodes import format_completion, format_prompt
 from tests.conftest import write_stage
 

@@ -2,8 +2,8 @@ import argparse
 
 import pytest
 
+from fspo_data.core.config import JobConfig
 from fspo_data.domains import load_domain
-from fspo_data.pipeline.config import JobConfig
 from fspo_data.pipeline.plan import StageLoad, add_plan_command, domain_counts, job_loads, sizing
 
 MAX_TOKENS = {"personas": 50, "questions": 20, "views": 30, "responses": 40}

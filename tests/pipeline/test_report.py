@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from fspo_data.core.records import Judgment, Persona, Question, Record, Response, to_table
 from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
 from fspo_data.pipeline.report import ReportResult, build_report, headline_figures
-from fspo_data.records import Judgment, Persona, Question, Record, Response, to_table
 from tests.conftest import write_stage
 
 R = TypeVar("R", bound=Record)

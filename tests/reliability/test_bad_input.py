@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from fspo_data.pipeline import cli
+from fspo_data import cli
 from tests.reliability.conftest import run_cli
 
 PASTED_KEY = "sk-fspo-pasted-0123456789abcdef"

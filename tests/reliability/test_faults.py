@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fspo_data.backends.base import BackendStats, ChatMessage, ChatRequest, Completion
+from fspo_data import cli
 from fspo_data.backends.instant import InstantBenchmarkDouble
-from fspo_data.pipeline import cli
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import (
+from fspo_data.core.chat import BackendStats, ChatMessage, ChatRequest, Completion
+from fspo_data.core.config import JobConfig
+from fspo_data.core.shards import (
     MANIFEST,
     Manifest,
     OutputWriteError,

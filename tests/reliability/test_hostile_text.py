@@ -22,13 +22,11 @@ import pytest
 import ray
 from pydantic import BaseModel
 
-from fspo_data.backends.base import ChatRequest, Completion
+from fspo_data import judging
 from fspo_data.backends.openai_backend import parse_completion
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import read_committed, write_shard
-from fspo_data.pipeline.orchestrator import run_job
-from fspo_data.prompts import PROMPT_DIR, render
-from fspo_data.records import (
+from fspo_data.core.chat import ChatRequest, Completion
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import (
     Episode,
     Judgment,
     Persona,
@@ -38,7 +36,10 @@ from fspo_data.records import (
     Shot,
     to_table,
 )
-from fspo_data.stages import STAGES, episodes, judge
+from fspo_data.core.shards import read_committed, write_shard
+from fspo_data.pipeline.orchestrator import run_job
+from fspo_data.prompts import PROMPT_DIR, render
+from fspo_data.stages import STAGES, episodes
 from fspo_data.stages.base import StageContext, records_from_table
 from tests.backends.fake_openai_server import FakeOpenAIServer
 from tests.conftest import ScriptedBackend, write_stage
@@ -119,7 +120,7 @@ def test_template_puts_hostile_text_verbatim_in_its_own_slots(name: str) -> None
 def test_judge_fast_path_equals_the_template_on_hostile_text(kind: str) -> None:
     text = HOSTILE[kind]  # the fast path cuts the template at NUL markers: NULs in values
     values = {"persona": text, "question": f"{text}?", "response_a": text, "response_b": f"B{text}"}
-    (request,) = judge.judge_requests(*values.values(), judge.JudgeConfig(), seed=1)
+    (request,) = judging.judge_requests(*values.values(), judging.JudgeConfig(), seed=1)
     assert request.messages == render("judge", **values)
 
 

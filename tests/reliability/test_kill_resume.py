@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fspo_data.pipeline.config import JobConfig, load_config
+from fspo_data.core.config import JobConfig, load_config
 from fspo_data.stages import STAGES
 from fspo_data.stages.base import Stage
 from tests.conftest import TESTS_DIR

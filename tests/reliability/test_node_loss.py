@@ -19,7 +19,7 @@ import ray
 from ray._private.node import Node
 from ray.cluster_utils import Cluster
 
-from fspo_data.pipeline.config import JobConfig
+from fspo_data.core.config import JobConfig
 from fspo_data.pipeline.orchestrator import init_ray, run_job
 from fspo_data.stages import STAGES_BY_NAME
 from tests.reliability.conftest import assert_run_is_whole, instant_config

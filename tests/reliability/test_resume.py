@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fspo_data.pipeline import cli
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.pipeline.io import MANIFEST, load_manifest
+from fspo_data import cli
+from fspo_data.core.config import JobConfig
+from fspo_data.core.shards import MANIFEST, load_manifest
 from fspo_data.pipeline.orchestrator import run_job
 from tests.reliability.conftest import assert_run_is_whole, instant_config, write_config
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fspo_data.pipeline.config import JobConfig
+from fspo_data.core.config import JobConfig
 from tests.backends.fake_openai_server import FakeOpenAIServer, FaultScript
 from tests.reliability.conftest import kill_session, openai_config, start_job, write_config
 

@@ -6,10 +6,11 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from fspo_data.backends.base import ChatRequest, Completion
-from fspo_data.pipeline.config import JobConfig
+from fspo_data import judging
+from fspo_data.core.chat import ChatRequest, Completion
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Episode, Judgment, Persona, RecordTable, Shot, to_table
 from fspo_data.prompts import render
-from fspo_data.records import Episode, Judgment, Persona, RecordTable, Shot, to_table
 from fspo_data.stages import episodes, judge
 from fspo_data.stages.base import StageContext
 from tests.conftest import ScriptedBackend
@@ -27,8 +28,8 @@ from tests.stages.test_judge import _views_run
 )
 def test_judge_messages_are_the_template_rendered(values):
     persona, question, first, second = values
-    settings = judge.JudgeConfig()
-    (request,) = judge.judge_requests(persona, question, first, second, settings, seed=1)
+    settings = judging.JudgeConfig()
+    (request,) = judging.judge_requests(persona, question, first, second, settings, seed=1)
     expected = render(
         "judge", persona=persona, question=question, response_a=first, response_b=second
     )
@@ -38,12 +39,12 @@ def test_judge_messages_are_the_template_rendered(values):
 def test_reconcile_all_matches_reconcile_pair_by_pair():
     first = [1.0, -1.0, 1.0, -1.0, 0.0, 0.3, 2.05, float("nan")]
     second = [-1.0, 1.0, 1.0, -1.0, -1.0, 0.3, 1.95, 1.0]
-    for settings in (judge.JudgeConfig(mode="strict"), judge.JudgeConfig(min_margin=0.1)):
-        verdicts = judge.reconcile_all(pa.array(first).to_numpy(), pa.array(second).to_numpy(),
+    for settings in (judging.JudgeConfig(mode="strict"), judging.JudgeConfig(min_margin=0.1)):
+        verdicts = judging.reconcile_all(pa.array(first).to_numpy(), pa.array(second).to_numpy(),
                                        settings)  # fmt: skip
         assert verdicts.drop_reason[-1] == "no_verdict" and not verdicts.kept[-1]
         for i, (f, s) in enumerate(zip(first[:-1], second[:-1], strict=True)):
-            one = judge.reconcile(f, s, settings)
+            one = judging.reconcile(f, s, settings)
             assert (one.kept, one.drop_reason, one.prefers_x) == (
                 verdicts.kept[i],
                 verdicts.drop_reason[i],

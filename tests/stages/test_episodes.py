@@ -1,7 +1,7 @@
 import pytest
 
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.records import Judgment, Persona, Shot, Trait
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Judgment, Persona, Shot, Trait
 from fspo_data.stages import episodes
 
 # DESIGN.md section 5, written out by hand: the prompt must match byte for byte.

@@ -1,10 +1,10 @@
 """The pure parts of the generating stages: prompts in, records out, no model."""
 
-from fspo_data.backends.base import Completion
+from fspo_data.core.chat import Completion
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.records import Question
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
-from fspo_data.pipeline.config import JobConfig, SamplingConfig
-from fspo_data.records import Question
 from fspo_data.stages import personas, questions, responses
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, echo_text, write_stage

@@ -5,11 +5,12 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from fspo_data.backends.base import ChatRequest, Completion
+from fspo_data import judging
+from fspo_data.core.chat import ChatRequest, Completion
+from fspo_data.core.config import JobConfig, JudgeConfig
+from fspo_data.core.records import Judgment, Persona, Question, Response, Trait, to_table
 from fspo_data.domains import load_domain
-from fspo_data.pipeline.config import JobConfig, JudgeConfig
 from fspo_data.pipeline.consistency import consistency
-from fspo_data.records import Judgment, Persona, Question, Response, Trait, to_table
 from fspo_data.stages import judge
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, write_stage
@@ -29,7 +30,7 @@ CALIBRATED = JudgeConfig(mode="calibrated", min_margin=0.1)
     ],
 )
 def test_strict_unswaps_second_order(margin_first, margin_second, kept, prefers_x):
-    verdict = judge.reconcile(margin_first, margin_second, STRICT)
+    verdict = judging.reconcile(margin_first, margin_second, STRICT)
     assert verdict.kept is kept
     if kept:
         assert verdict.prefers_x is prefers_x
@@ -40,28 +41,28 @@ def test_strict_unswaps_second_order(margin_first, margin_second, kept, prefers_
 
 def test_calibrated_cancels_constant_position_bias():
     bias, preference = 2.0, 0.3  # a judge that favours slot A by 2 nats, x by 0.3
-    verdict = judge.reconcile(preference + bias, -preference + bias, CALIBRATED)
+    verdict = judging.reconcile(preference + bias, -preference + bias, CALIBRATED)
     assert verdict.kept and verdict.prefers_x
     assert verdict.debiased_margin == pytest.approx(preference)
-    flipped = judge.reconcile(-preference + bias, preference + bias, CALIBRATED)
+    flipped = judging.reconcile(-preference + bias, preference + bias, CALIBRATED)
     assert flipped.kept and not flipped.prefers_x
 
 
 def test_calibrated_drops_small_margins():
-    verdict = judge.reconcile(2.05, 1.95, CALIBRATED)
+    verdict = judging.reconcile(2.05, 1.95, CALIBRATED)
     assert not verdict.kept and verdict.drop_reason == "low_margin"
 
 
 def test_letter_margin_reads_logprobs_and_floors_missing_letter():
-    assert judge.letter_margin(Completion(first_token_logprobs={"A": -0.5, "B": -2.0})) == 1.5
-    floored = judge.letter_margin(Completion(first_token_logprobs={"A": -0.5, "The": -3.0}))
+    assert judging.letter_margin(Completion(first_token_logprobs={"A": -0.5, "B": -2.0})) == 1.5
+    floored = judging.letter_margin(Completion(first_token_logprobs={"A": -0.5, "The": -3.0}))
     assert floored == pytest.approx(2.5)
-    assert judge.letter_margin(Completion(first_token_logprobs={"The": -0.1})) is None
-    assert judge.letter_margin(Completion(ok=False, first_token_logprobs={"A": -1.0})) is None
+    assert judging.letter_margin(Completion(first_token_logprobs={"The": -0.1})) is None
+    assert judging.letter_margin(Completion(ok=False, first_token_logprobs={"A": -1.0})) is None
 
 
 def test_position_stats():
-    stats = judge.position_stats([2.0, 1.0], [1.0, -1.0])
+    stats = judging.position_stats([2.0, 1.0], [1.0, -1.0])
     assert stats["first_slot_win_rate"] == pytest.approx(3 / 4)
     assert stats["position_bias_nats"] == pytest.approx((1.5 + 0.0) / 2)
 
@@ -216,7 +217,7 @@ def test_refinement_states_preferences_relabels_and_lowers_label_entropy(tmp_pat
     assert all((j.chosen_view, j.rejected_view) in stated for j in records)
     stats = consistency(pl.from_arrow(to_table(records, Judgment)), 0, config.stages.judge)
     assert stats.label_entropy_before == pytest.approx(math.log(2), abs=1e-3)
-    assert stats.label_entropy_after == pytest.approx(judge.verdict_entropy(3.0))
+    assert stats.label_entropy_after == pytest.approx(judging.verdict_entropy(3.0))
     assert stats.label_entropy_after < 0.2 < stats.label_entropy_before
     assert stats.users_refined == 1 and stats.position_bias_nats == pytest.approx(2.0)
 
@@ -242,10 +243,10 @@ def test_stated_preferences_never_contradict_the_description():
 
 def test_vote_margin_is_a_smoothed_majority():
     votes = [Completion(text=t) for t in ("A", "A", "B", "x")]
-    assert judge.vote_margin(votes) == pytest.approx(math.log(2.5 / 1.5))
-    assert judge.vote_margin([Completion(text="?")]) is None
+    assert judging.vote_margin(votes) == pytest.approx(math.log(2.5 / 1.5))
+    assert judging.vote_margin([Completion(text="?")]) is None
     settings = JudgeConfig(samples_per_order=3, sample_temperature=0.7)
-    requests = judge.judge_requests("d", "q", "a", "b", settings, seed=10)
+    requests = judging.judge_requests("d", "q", "a", "b", settings, seed=10)
     assert [r.seed for r in requests] == [10, 11, 12]
     assert all(r.temperature == 0.7 and r.top_logprobs == 0 for r in requests)
 

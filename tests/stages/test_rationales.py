@@ -1,6 +1,6 @@
-from fspo_data.backends.base import Completion
-from fspo_data.pipeline.config import JobConfig
-from fspo_data.records import Episode, RatEpisode, Shot
+from fspo_data.core.chat import Completion
+from fspo_data.core.config import JobConfig
+from fspo_data.core.records import Episode, RatEpisode, Shot
 from fspo_data.stages import rationales
 from fspo_data.stages.base import ShardSpec, StageContext
 from fspo_data.stages.episodes import format_completion, format_prompt

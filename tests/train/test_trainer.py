@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from fspo_data.backends.embedded import ensure_embedded_model
-from fspo_data.records import Episode, to_table
+from fspo_data.core.records import Episode, to_table
 from fspo_data.train.config import TrainConfig
 from fspo_data.train.data import load_episodes, prepare_episodes
 from fspo_data.train.evaluate import (

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fspo_data.pipeline.io import (
+from fspo_data.core.shards import (
     Manifest,
     load_manifest,
     reconcile_with_disk,

@@ -10,8 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fspo_data.pipeline.config import ConfigError, load_config
+from fspo_data.core.config import ConfigError, load_config
 from fspo_data.pipeline.plan import add_plan_command
+from fspo_data.pipeline.validate import load_job
 
 EXIT_USAGE = 2
 
@@ -20,7 +21,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fspo_data.pipeline.orchestrator import RunConfigMismatch, RunStopped, run_job
     from fspo_data.pipeline.summary import render
 
-    config = load_config(args.config)
+    config = load_job(args.config)
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
     try:
@@ -43,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fspo_data.pipeline.io import load_manifest
+    from fspo_data.core.shards import load_manifest
     from fspo_data.stages import STAGES
 
     config = load_config(args.run_dir / "config.yaml")
@@ -118,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_judge:
         from fspo_data.train.judging import pipeline_judge
 
-        job_config = load_config(args.judge_config or args.source / "config.yaml")
+        job_config = load_job(args.judge_config or args.source / "config.yaml")
         judge = pipeline_judge(job_config)
     summary = run_eval(
         str(args.source),

@@ -1,7 +1,7 @@
 import pytest
 
-from fspo_data.pipeline import cli
-from fspo_data.pipeline.config import ConfigError, JobConfig, load_config
+from fspo_data import cli
+from fspo_data.core.config import ConfigError, JobConfig, load_config
 from tests.conftest import TESTS_DIR
 
 DEMO = TESTS_DIR.parent / "configs" / "demo.yaml"

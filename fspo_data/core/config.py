@@ -23,8 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from fspo_data.personas.taxonomy import load_taxonomy
-
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 M = TypeVar("M", bound=BaseModel)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -395,19 +393,6 @@ class JobConfig(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError("a domain is listed more than once")
         return value
-
-    @model_validator(mode="after")
-    def _stratified_attributes_exist(self) -> JobConfig:
-        # An attribute may belong to some domains only (education: elix); one in none is a typo
-        # that would otherwise leave sampling independent without a word.
-        known = {a for d in self.domains for a in load_taxonomy(d).attributes}
-        unknown = [a for a in self.personas.stratify if a not in known]
-        if unknown:
-            raise ValueError(
-                f"personas.stratify: {', '.join(map(repr, unknown))} is in no taxonomy of "
-                f"{', '.join(self.domains)} (attributes: {', '.join(sorted(known))})"
-            )
-        return self
 
     @model_validator(mode="after")
     def _episode_fits(self) -> JobConfig:

@@ -7,6 +7,8 @@ with a reason, and the stage drops and counts that record.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,3 +77,23 @@ class LLMBackend(Protocol):
     def complete(self, requests: list[ChatRequest]) -> list[Completion]: ...
 
     def stats(self) -> BackendStats: ...
+
+
+def complete_all(
+    backend: LLMBackend, requests: list[ChatRequest], counters: Counter[str], what: str
+) -> list[Completion]:
+    """Run a batch and count failures under `{what}_failed`; callers skip `ok=False` items.
+
+    `engine_ms` is the time spent inside the backend: the run summary sets it against the
+    stage's wall time to show how much of a stage is the model and how much is around it.
+    """
+    started = time.perf_counter()
+    completions = backend.complete(requests)
+    counters["engine_ms"] += round((time.perf_counter() - started) * 1000)
+    counters[f"{what}_requests"] += len(requests)
+    counters[f"{what}_failed"] += sum(not c.ok for c in completions)
+    counters["prompt_tokens"] += sum(c.prompt_tokens for c in completions)
+    counters["completion_tokens"] += sum(c.completion_tokens for c in completions)
+    counters["cached_prompt_tokens"] += sum(c.cached_prompt_tokens for c in completions)
+    counters["retries"] += sum(c.retries for c in completions)
+    return completions

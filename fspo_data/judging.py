@@ -1,0 +1,217 @@
+"""Both-order judging: the judge prompt, one letter read from log-probabilities, verdicts.
+
+The judge stage and the trainer's evaluation judge both ask through here, so a pair is
+judged the same way wherever it is judged. For a pair (x, y):
+    margin_first  = logp(A) - logp(B) with x in slot A   (> 0 prefers x)
+    margin_second = logp(A) - logp(B) with y in slot A   (> 0 prefers y)
+A judge with a constant position bias b and a true preference s for x gives
+margin_first = s + b and margin_second = -s + b, so (margin_first - margin_second) / 2 = s
+(the debiased margin) and (margin_first + margin_second) / 2 = b (the position bias).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache, lru_cache
+
+import numpy as np
+
+from fspo_data.core.chat import ChatMessage, ChatRequest, Completion
+from fspo_data.core.config import JudgeConfig
+from fspo_data.prompts import render
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kept: bool
+    drop_reason: str
+    prefers_x: bool
+    debiased_margin: float
+
+
+@cache
+def _judge_formats() -> tuple[str, str]:
+    """The judge template's system and user messages as `str.format` strings.
+
+    Rendered once with marker values, then cut at the markers: filling a format string gives
+    the bytes `render` gives (values are never rescanned) at a fraction of the cost, which
+    matters at millions of prompts.
+    """
+    names = ("persona", "question", "response_a", "response_b")
+    marked = render("judge", **{name: f"\x00{name}\x00" for name in names})
+    if [m.role for m in marked] != ["system", "user"]:
+        raise ValueError("prompts/judge.txt: expected a [system] and a [user] section")
+    formats = []
+    for message in marked:
+        pieces = message.content.split("\x00")
+        formats.append(
+            "".join(
+                f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
+                for i, piece in enumerate(pieces)
+            )
+        )
+    return formats[0], formats[1]
+
+
+@lru_cache(maxsize=64)
+def persona_message(description: str) -> ChatMessage:
+    # Requests come user by user, so one message serves all of a user's pairs.
+    return ChatMessage(role="system", content=_judge_formats()[0].format(persona=description))
+
+
+def user_message(question: str, first: str, second: str) -> ChatMessage:
+    content = _judge_formats()[1].format(question=question, response_a=first, response_b=second)
+    return ChatMessage(role="user", content=content)
+
+
+def order_requests(
+    persona: ChatMessage, user: ChatMessage, settings: JudgeConfig, seed: int
+) -> list[ChatRequest]:
+    """The requests for one order: one greedy call, or k samples for a majority vote."""
+    if settings.samples_per_order == 1:
+        return [
+            ChatRequest(
+                messages=[persona, user],
+                max_tokens=1,
+                temperature=0.0,
+                seed=seed,
+                top_logprobs=settings.top_logprobs,
+            )
+        ]
+    return [
+        ChatRequest(
+            messages=[persona, user],
+            max_tokens=1,
+            temperature=settings.sample_temperature,
+            seed=seed + k,
+        )
+        for k in range(settings.samples_per_order)
+    ]
+
+
+def judge_requests(
+    description: str, question: str, first: str, second: str, settings: JudgeConfig, seed: int
+) -> list[ChatRequest]:
+    """The requests for one order, `first` in slot A."""
+    return order_requests(
+        persona_message(description), user_message(question, first, second), settings, seed
+    )
+
+
+def order_margin(completions: list[Completion]) -> float | None:
+    return letter_margin(completions[0]) if len(completions) == 1 else vote_margin(completions)
+
+
+def vote_margin(completions: list[Completion]) -> float | None:
+    """Smoothed log-odds of sampled "A" vs "B" votes: log((n_A + 1/2) / (n_B + 1/2)).
+
+    For k samples per order (judges whose log-probabilities are not trusted or not given);
+    the sign is the majority verdict. None if no sample voted for a letter.
+    """
+    votes = [c.text.strip()[:1] for c in completions if c.ok]
+    n_a, n_b = votes.count("A"), votes.count("B")
+    if n_a + n_b == 0:
+        return None
+    return math.log((n_a + 0.5) / (n_b + 0.5))
+
+
+def verdict_entropy(debiased_margin: float) -> float:
+    """Binary entropy (nats) of p = sigmoid(margin): the judge's uncertainty about a label."""
+    p = 1.0 / (1.0 + math.exp(-abs(debiased_margin)))
+    return -(p * math.log(p) + (1 - p) * math.log1p(-p))
+
+
+def letter_margin(completion: Completion) -> float | None:
+    """logp("A") - logp("B") of the first token; None if neither letter is among the top-k.
+
+    A letter missing from the top-k is given the smallest listed log-probability, an upper
+    bound on its true value, so the margin is conservative.
+    """
+    logprobs = completion.first_token_logprobs
+    a, b = logprobs.get("A"), logprobs.get("B")
+    if not completion.ok or (a is None and b is None):
+        return None
+    if a is None or b is None:
+        floor = min(logprobs.values())
+        a, b = floor if a is None else a, floor if b is None else b
+    return a - b
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """(j,) arrays: one verdict per pair; `drop_reason` is "" for kept pairs, "no_verdict"
+    where an order gave no letter (NaN margin)."""
+
+    kept: np.ndarray
+    drop_reason: np.ndarray
+    prefers_x: np.ndarray
+    debiased_margin: np.ndarray
+
+
+def reconcile_all(first: np.ndarray, second: np.ndarray, settings: JudgeConfig) -> Verdicts:
+    """Combine the two orders' (j,) margins into (j,) verdicts about x vs y (module docstring).
+
+    strict: kept when both orders name the same response (a zero margin names none);
+    calibrated: kept when |debiased margin| >= min_margin.
+    """
+    debiased = (first - second) / 2
+    prefers_x = debiased > 0
+    if settings.mode == "strict":
+        first_says_x, second_says_x = first > 0, second < 0
+        kept = (first != 0) & (second != 0) & (first_says_x == second_says_x)
+        prefers_x = np.where(kept, first_says_x, prefers_x)
+        reason = "order_flip"
+    else:
+        kept = ~(np.abs(debiased) < settings.min_margin)
+        reason = "low_margin"
+    has_verdict = ~np.isnan(debiased)
+    kept &= has_verdict
+    drop_reason = np.where(kept, "", np.where(has_verdict, reason, "no_verdict"))
+    return Verdicts(kept, drop_reason, prefers_x, debiased)
+
+
+def reconcile(margin_first: float, margin_second: float, settings: JudgeConfig) -> Verdict:
+    """`reconcile_all` for one pair."""
+    v = reconcile_all(np.array([margin_first]), np.array([margin_second]), settings)
+    return Verdict(
+        bool(v.kept[0]), str(v.drop_reason[0]), bool(v.prefers_x[0]), float(v.debiased_margin[0])
+    )
+
+
+def position_stats(
+    margins_first: list[float], margins_second: list[float]
+) -> dict[str, float | None]:
+    """How often slot A wins across single-order verdicts, and the mean bias b in nats."""
+    both = np.array(margins_first + margins_second, dtype=float)
+    if both.size == 0:
+        return {"first_slot_win_rate": None, "position_bias_nats": None}
+    bias = (np.array(margins_first) + np.array(margins_second)) / 2
+    return {
+        "first_slot_win_rate": float((both > 0).mean()),
+        "position_bias_nats": float(bias.mean()),
+    }
+
+
+def both_orders(
+    persona: ChatMessage,
+    x_first: ChatMessage,
+    y_first: ChatMessage,
+    settings: JudgeConfig,
+    seed: int,
+) -> list[ChatRequest]:
+    """The requests of one pair: x in slot A, then y in slot A, with the same seed."""
+    return order_requests(persona, x_first, settings, seed) + order_requests(
+        persona, y_first, settings, seed
+    )
+
+
+def pair_margins(
+    completions: list[Completion], settings: JudgeConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(j,) margin_first and (j,) margin_second from the completions of `both_orders` for j
+    pairs, in request order; NaN where an order gave no letter."""
+    k = settings.samples_per_order
+    margins = [order_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
+    both = np.array([math.nan if m is None else m for m in margins], dtype=float).reshape(-1, 2)
+    return both[:, 0].copy(), both[:, 1].copy()
