@@ -18,7 +18,8 @@ EXIT_USAGE = 2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fspo_data.pipeline.orchestrator import RunConfigMismatch, RunStopped, run_job
+    from fspo_data.pipeline.orchestrator import RunStopped, run_job
+    from fspo_data.pipeline.resume import RunConfigMismatch
     from fspo_data.pipeline.summary import render
 
     config = load_job(args.config)
@@ -45,14 +46,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fspo_data.core.shards import load_manifest
-    from fspo_data.stages import STAGES
+    from fspo_data.stages import STAGES, plan_shards
 
     config = load_config(args.run_dir / "config.yaml")
     table = Table(title=f"{args.run_dir} (config {config.fingerprint()})")
     for column in ("stage", "committed shards", "rows", "state"):
         table.add_column(column)
     for stage in STAGES:
-        planned = len(stage.plan(config))
+        planned = len(plan_shards(stage, config))
         manifest = load_manifest(args.run_dir / stage.name)
         done = len(manifest.shards) if manifest else 0
         rows = manifest.rows if manifest else 0
@@ -142,20 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run (or resume) every stage of a job config",
-        description="Run every stage of CONFIG on Ray. Re-running the same command resumes: "
-        "committed shards are kept, the rest is recomputed.",
+        description="Run every stage of CONFIG on Ray. Re-running resumes: committed shards "
+        "are kept; after a config change, exactly the shards the change reaches are recomputed "
+        "(one line per stage says which and why). Only a changed seed needs a new run_dir.",
     )
     run.add_argument("config", type=Path, help="job config YAML (see configs/demo.yaml)")
     run.add_argument("--run-dir", type=Path, help="override the config's run_dir")
     run.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a killed run (the default behaviour; kept for clarity)",
-    )
-    run.add_argument(
         "--force-new-config",
         action="store_true",
-        help="continue a run_dir written with a different config",
+        help="reuse a run_dir that holds a run of another seed (everything is recomputed)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
@@ -39,6 +40,11 @@ def echo_text(request: ChatRequest) -> Completion:
     return Completion(
         text=f"Line one about {digest}, long enough to pass checks.\nSecond view {digest[:4]}"
     )
+
+
+def tables(**records: Sequence[Record]) -> dict[str, pa.Table]:
+    """A shard's inputs as the orchestrator hands them to `Stage.run`: stage -> table."""
+    return {stage: to_table(rows, type(rows[0])) for stage, rows in records.items()}
 
 
 def write_stage(run_dir: Path, stage: str, name: str, records: list[Record]) -> None:

@@ -10,7 +10,7 @@ from fspo_data.core.config import load_config
 from fspo_data.core.records import Episode, Judgment
 from fspo_data.core.shards import load_manifest
 from fspo_data.pipeline.orchestrator import run_job
-from fspo_data.stages import STAGES, STAGES_BY_NAME
+from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import records_from_table
 from fspo_data.stages.episodes import format_prompt
 from tests.conftest import TESTS_DIR
@@ -43,7 +43,7 @@ def test_every_stage_commits_its_planned_shards_with_matching_row_counts(tiny_ru
     config, summary = tiny_run
     for stage in STAGES:
         manifest = load_manifest(config.run_dir / stage.name)
-        assert len(manifest.shards) == len(stage.plan(config)), stage.name
+        assert len(manifest.shards) == len(plan_shards(stage, config)), stage.name
         for entry in manifest.shards.values():
             assert pq.read_metadata(config.run_dir / stage.name / entry.file).num_rows == entry.rows
         table, _ = _table(config.run_dir, stage.name)

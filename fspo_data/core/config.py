@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -169,6 +170,16 @@ class ModelConfig(StrictModel):
     enable_prefix_caching: bool = Field(
         default=True, description="Reuse the KV cache of shared prompt prefixes (the persona)."
     )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change what the model writes (which engine, weights, precision,
+        context), as dotted leaves; not where or how fast it runs (replicas, resources, an
+        endpoint's address, key variable, limits and retry budget). `max_malformed_retries`
+        moves seeds, so it is in."""
+        paths = ["backend", "model", "dtype", "max_model_len"]
+        if self.openai is not None:
+            paths += ["openai.model", "openai.max_malformed_retries"]
+        return config_leaves(self, paths)
 
     @model_validator(mode="after")
     def _endpoint_given(self) -> ModelConfig:
@@ -417,24 +428,36 @@ class JobConfig(StrictModel):
         payload = self.model_dump(
             mode="json", exclude={"run_dir": True, "ray": True, "report": True}
         )
-        payload["model"].pop("replicas")
+        payload["model"] = self.model.identity()
         if not self.personas.stratify:
             payload["counts"].pop("users")
         payload["counts"].pop("questions")
-        if payload["model"]["openai"] is not None:
-            for name in (
-                "base_url",
-                "api_key_env",
-                "max_concurrency",
-                "requests_per_minute",
-                "tokens_per_minute",
-                "request_timeout_s",
-                "max_retries",
-                "backoff_initial_s",
-                "backoff_max_s",
-            ):
-                payload["model"]["openai"].pop(name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_leaves(config: BaseModel, paths: Iterable[str]) -> dict[str, Any]:
+    """The values under each dotted path of `config`, flattened to dotted leaves.
+
+    `config_leaves(job, ["stages.judge"])` -> {"stages.judge.mode": "calibrated", ...}; a path
+    to a scalar gives that one leaf. Values are as the YAML holds them (JSON types).
+    """
+    tree = config.model_dump(mode="json")
+    leaves: dict[str, Any] = {}
+    for path in paths:
+        value: Any = tree
+        for key in path.split("."):
+            value = value[key]
+        leaves |= _flatten(value, path)
+    return leaves
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    leaves: dict[str, Any] = {}
+    for key, inner in value.items():
+        leaves |= _flatten(inner, f"{prefix}.{key}")
+    return leaves
 
 
 def _one_line(path: Path, error: ValidationError) -> str:

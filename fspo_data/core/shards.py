@@ -7,9 +7,9 @@ against the files: an entry whose file is missing or altered is dropped, and fil
 manifest does not list (a kill between rename and manifest update) are removed, so the
 shard is recomputed; ids are deterministic, so that duplicates nothing.
 
-A shard's entry also says what it was computed from: its item range and a digest of every
-group of committed shards it read through `read_committed` (recorded by `recording_reads`),
-so the orchestrator can tell when a committed shard no longer matches the plan or its inputs.
+A shard's entry also says what it was computed from: its item range, its recipe and a digest
+of every group of committed shards it read, so the orchestrator can tell when a committed
+shard no longer matches the plan, the config or its inputs (pipeline/resume.py).
 Any failure to write under the run folder surfaces as one `OutputWriteError` naming the path.
 """
 
@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 
@@ -61,6 +60,11 @@ class ShardEntry(BaseModel):
     inputs: dict[str, str] = Field(
         default_factory=dict,
         description="'{stage}/{prefix}' -> digest of the committed shards read from that stage.",
+    )
+    recipe: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the shard was made from: its stage's config leaves, prompt and domain "
+        "hashes, the model's identity (pipeline/resume.py); empty in older runs.",
     )
 
 
@@ -215,29 +219,11 @@ def inputs_digest(manifest: Manifest, prefix: str) -> str:
     return digest.hexdigest()[:16]
 
 
-# The reads of the shard being computed in this process; None outside `recording_reads`.
-_reads: ContextVar[dict[str, str] | None] = ContextVar("fspo_data_reads", default=None)
-
-
-@contextmanager
-def recording_reads() -> Iterator[dict[str, str]]:
-    """Collect `{stage}/{prefix}` -> `inputs_digest` of every `read_committed` in the block."""
-    reads: dict[str, str] = {}
-    token = _reads.set(reads)
-    try:
-        yield reads
-    finally:
-        _reads.reset(token)
-
-
 def read_committed(run_dir: Path, stage: str, prefix: str = "") -> pa.Table:
     stage_dir = run_dir / stage
     manifest = load_manifest(stage_dir)
     if manifest is None:
         raise FileNotFoundError(f"{stage_dir}: no manifest; run the '{stage}' stage first")
-    reads = _reads.get()
-    if reads is not None:
-        reads[f"{stage}/{prefix}"] = inputs_digest(manifest, prefix)
     return read_tables(stage_dir, manifest, prefix)
 
 

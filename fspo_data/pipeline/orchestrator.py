@@ -5,16 +5,15 @@ run; other stages run as Ray tasks. A worker computes a shard, writes its Parque
 atomically and returns its manifest entry; only the driver writes manifests.
 
 Ray Data's `write_parquet` names files by block, keeps no manifest and cannot skip what an
-earlier attempt committed, so shards are dispatched here instead; the per-shard work is
-still a plain function over a batch of records.
+earlier attempt committed, so shards are dispatched here instead. The orchestrator alone
+does I/O: it plans a stage's shards from its declaration (`plan_shards`), reads each shard's
+declared inputs, hands them to the stage's pure `run` and writes what comes back.
 
 Resume: each stage's manifest is first checked against its files (`reconcile_with_disk`),
 then a committed shard is dropped if it is no longer planned, if its planned item range
-changed (growing `counts.users` re-cuts a partial last shard), or if a group of upstream
-shards it read now has another digest. Comparing inputs by content makes a change cascade
-exactly as far as it must: a re-cut persona shard re-judges only its own users, while new
-questions re-judge every user of the domain (their candidate pool changed). Everything not
-committed is then computed.
+changed (growing `counts.users` re-cuts a partial last shard), if its recipe (config slice,
+prompts, model) changed, or if a group of upstream shards it read now has another digest
+(pipeline/resume.py). Everything not committed is then computed.
 
 A shard whose every model call failed is not committed: that says the engine or endpoint is
 down, not that the rows are bad. The run stops with `RunStopped`, keeping what is committed.
@@ -25,37 +24,27 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import ray
-import yaml
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from fspo_data.backends import backend_env, make_backend
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBackend
-from fspo_data.core.config import JobConfig, dump_config
+from fspo_data.core.config import JobConfig
 from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
-    CorruptManifest,
-    Manifest,
     OutputWriteError,
     ShardEntry,
-    atomic_write_bytes,
     inputs_digest,
     load_manifest,
-    make_dir,
-    package_versions,
-    reconcile_with_disk,
-    recording_reads,
-    remove,
+    read_tables,
     remove_temp_files,
     save_manifest,
     write_shard,
 )
+from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
 from fspo_data.pipeline.summary import (
     RunSummary,
     StageSummary,
@@ -63,15 +52,10 @@ from fspo_data.pipeline.summary import (
     write_summary,
 )
 from fspo_data.pipeline.validate import validate_job
-from fspo_data.prompts import PROMPT_DIR, template_hash
-from fspo_data.stages import STAGES, STAGES_BY_NAME
-from fspo_data.stages.base import ShardSpec, Stage, StageContext
+from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
+from fspo_data.stages.base import Inputs, ShardSpec, Stage, StageContext, require_columns
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
-
-
-class RunConfigMismatch(ValueError):
-    """The run folder holds output of a different config."""
 
 
 class ModelUnavailable(RuntimeError):
@@ -118,16 +102,35 @@ class CallTally:
             )
 
 
+def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Path) -> tuple[Inputs, dict[str, str]]:
+    """The committed upstream shards `spec` reads, as declared, checked against their record
+    types; and `{stage}/{prefix}` -> digest of each group read."""
+    tables, digests = {}, {}
+    for source in stage.inputs:
+        prefix, stage_dir = source.prefix(spec), run_dir / source.stage
+        manifest = load_manifest(stage_dir)
+        if manifest is None:
+            raise FileNotFoundError(f"{stage_dir}: no manifest; run the '{source.stage}' stage")
+        table = read_tables(stage_dir, manifest, prefix)
+        record_type = STAGES_BY_NAME[source.stage].record_type
+        require_columns(stage.name, f"{source.stage}/{prefix}*", table, record_type)
+        tables[source.stage] = table
+        digests[f"{source.stage}/{prefix}"] = inputs_digest(manifest, prefix)
+    return tables, digests
+
+
 def execute_shard(spec: ShardSpec, ctx: StageContext, tally: CallTally | None = None) -> ShardEntry:
+    """Read a shard's inputs, compute it, commit it; its manifest entry is the result."""
     stage = STAGES_BY_NAME[spec.stage]
-    with recording_reads() as reads:
-        output = stage.run(spec, ctx)
+    run_dir = ctx.config.run_dir
+    inputs, digests = read_inputs(stage, spec, run_dir)
+    output = stage.run(spec, inputs, ctx)
     if tally is not None:
         tally.check(spec)
     table = to_table(output.records, stage.record_type)
-    entry = write_shard(ctx.run_dir / stage.name, spec.name, table)
+    entry = write_shard(run_dir / stage.name, spec.name, table)
     entry.counters = dict(output.counters)
-    entry.start, entry.stop, entry.inputs = spec.start, spec.stop, reads
+    entry.start, entry.stop, entry.inputs = spec.start, spec.stop, digests
     return entry
 
 
@@ -193,128 +196,6 @@ class WorkerPool:
         self.actors = []
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    leaves: dict[str, Any] = {}
-    for key, value in tree.items():
-        leaves |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    return leaves
-
-
-def _with_leaf(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    head, _, rest = dotted.partition(".")
-    copy = dict(tree)
-    copy[head] = _with_leaf(copy.get(head) or {}, rest, value) if rest else value
-    return copy
-
-
-def config_changes(saved_config: Path, config: JobConfig) -> list[str]:
-    """The fields of the saved config whose value alone changes the fingerprint, `f: old -> new`.
-
-    Each differing field is put back to its old value on its own; if that moves the
-    fingerprint (or cannot be validated), the field is one the run folder cannot take.
-    """
-    try:
-        old = _leaves(yaml.safe_load(saved_config.read_text()))
-    except (OSError, yaml.YAMLError):
-        return []
-    new_tree = config.model_dump(mode="json")
-    new = _leaves(new_tree)
-    changes = []
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) == new.get(key):
-            continue
-        try:
-            trial = JobConfig.model_validate(_with_leaf(new_tree, key, old.get(key)))
-            matters = trial.fingerprint() != config.fingerprint()
-        except ValidationError:
-            matters = True
-        if matters:
-            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return changes
-
-
-def prepare_run_dir(config: JobConfig, force_new_config: bool) -> None:
-    run_dir = config.run_dir
-    make_dir(run_dir)
-    fingerprint = config.fingerprint()
-    marker = run_dir / "fingerprint"
-    previous = marker.read_text().strip() if marker.exists() else fingerprint
-    if previous != fingerprint and not force_new_config:
-        changes = config_changes(run_dir / "config.yaml", config)
-        what = ", ".join(changes) or f"fingerprint {previous}, this config {fingerprint}"
-        raise RunConfigMismatch(
-            f"{run_dir}: holds a run of a different config ({what}); use a new run_dir, or "
-            "--force-new-config to keep its committed shards anyway"
-        )
-    atomic_write_bytes(marker, fingerprint.encode())
-    atomic_write_bytes(run_dir / "config.yaml", dump_config(config).encode())
-
-
-def open_manifest(config: JobConfig, stage: Stage) -> tuple[Manifest, list[str]]:
-    stage_dir = config.run_dir / stage.name
-    notes = []
-    try:
-        manifest = load_manifest(stage_dir)
-    except CorruptManifest as exc:
-        manifest = None
-        notes.append(f"{exc}: the stage starts over")
-    manifest = manifest or Manifest(
-        stage=stage.name,
-        schema=str(stage.record_type.arrow_schema()),
-        config_fingerprint=config.fingerprint(),
-        package_versions=package_versions(),
-        prompt_hashes={p.stem: template_hash(p.stem) for p in sorted(PROMPT_DIR.glob("*.txt"))},
-    )
-    notes += reconcile_with_disk(stage_dir, manifest) if stage_dir.exists() else []
-    manifest.config_fingerprint = config.fingerprint()
-    return manifest, notes
-
-
-def upstream_digests(run_dir: Path) -> Callable[[str], str | None]:
-    """`{stage}/{prefix}` -> digest of those committed shards now; each manifest read once."""
-    manifests: dict[str, Manifest | None] = {}
-
-    def digest(source: str) -> str | None:
-        stage, prefix = source.split("/", 1)
-        if stage not in manifests:
-            manifests[stage] = load_manifest(run_dir / stage)
-        manifest = manifests[stage]
-        return None if manifest is None else inputs_digest(manifest, prefix)
-
-    return digest
-
-
-def stale_reason(
-    entry: ShardEntry, spec: ShardSpec | None, digest: Callable[[str], str | None]
-) -> str | None:
-    """Why a committed shard no longer fits the plan and its inputs, or None if it does."""
-    if spec is None:
-        return "no longer planned, discarded"
-    if (entry.start, entry.stop) != (spec.start, spec.stop):
-        return f"planned range is now [{spec.start}, {spec.stop}), will be recomputed"
-    for source, recorded in sorted(entry.inputs.items()):
-        if digest(source) != recorded:
-            return f"its input {source} changed, will be recomputed"
-    return None
-
-
-def drop_stale(
-    config: JobConfig, stage: Stage, manifest: Manifest, specs: list[ShardSpec]
-) -> list[str]:
-    planned = {spec.name: spec for spec in specs}
-    digest = upstream_digests(config.run_dir)
-    notes = []
-    for name, entry in list(manifest.shards.items()):
-        reason = stale_reason(entry, planned.get(name), digest)
-        if reason is not None:
-            notes.append(f"{stage.name}/{entry.file}: {reason}")
-            del manifest.shards[name]
-            remove(config.run_dir / stage.name / entry.file)
-    return notes
-
-
 def shard_result(ref: ray.ObjectRef) -> ShardEntry:
     try:
         return ray.get(ref)
@@ -328,8 +209,12 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     started = time.perf_counter()
     stage_dir = config.run_dir / stage.name
     manifest, notes = open_manifest(config, stage)
-    specs = stage.plan(config)
-    notes += drop_stale(config, stage, manifest, specs)
+    specs = plan_shards(stage, config)
+    recipes = {domain: shard_recipe(stage, domain, config) for domain in config.domains}
+    recomputed = drop_stale(config, stage, manifest, specs, recipes)
+    for line in recomputed if progress else []:
+        tqdm.write(line)
+    notes += recomputed
     todo = [s for s in specs if s.name not in manifest.shards]
     if stage.needs_llm:
         actors = pool.get() if todo else []
@@ -338,6 +223,7 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
         pool.release()
         pending = [run_cpu_shard.remote(config, s) for s in todo]
     names = {ref: spec.name for ref, spec in zip(pending, todo, strict=True)}
+    entry_domain = {ref: spec.domain for ref, spec in zip(pending, todo, strict=True)}
     bar = tqdm(
         total=len(specs),
         initial=len(specs) - len(todo),
@@ -350,7 +236,9 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            manifest.shards[names[done[0]]] = shard_result(done[0])
+            entry = shard_result(done[0])
+            entry.recipe = recipes[entry_domain[done[0]]]
+            manifest.shards[names[done[0]]] = entry
             bar.update(1)
             bar.set_postfix(rows=manifest.rows)
             if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:

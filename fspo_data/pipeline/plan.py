@@ -1,6 +1,8 @@
 """`fspo-data plan CONFIG`: LLM calls and tokens per stage, and GPU-hours, before anything runs.
 
-Calls are counted from the config exactly, with two upper bounds where the run decides:
+Each stage sizes its own work (`Stage.estimate`); this module runs them in order per domain,
+adds them up and prints them. Calls are counted from the config exactly, with two upper
+bounds where the run decides:
 refinement relabels only users left with an unsettled pair (counted as every user, every
 round), and rejected persona descriptions are regenerated (counted once; up to
 `persona_checks.max_attempts` times). Tokens are estimates: each stage's own request builder
@@ -13,9 +15,7 @@ prefix (its system message) is computed once per user and pass, so it is counted
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
-from string import Template
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -27,12 +27,9 @@ from fspo_data.pipeline.validate import load_job
 # The CLI imports this module to register `plan` on every start, so the stage modules (and
 # with them polars and pyarrow) are imported where the planning needs them.
 if TYPE_CHECKING:
-    from fspo_data.core.chat import ChatMessage
-    from fspo_data.domains import DomainSpec
+    from fspo_data.stages.base import StageLoad
 
 CHARS_PER_TOKEN = 4.0
-# A model-listed viewpoint is a few words ("a budget-conscious parent").
-VIEW_TOKENS = 8
 # Assumed per-GPU rates for the default model; measure yours (vllm bench throughput) and pass
 # them. Prefill: 8B params x 2 FLOP/token at ~45% of an L40S's 181 dense bf16 TFLOPS ~ 5k
 # tokens/s. Decode: MLPerf Inference v5.1 (Red Hat, vLLM, Llama-3.1-8B FP8, offline) reports
@@ -40,33 +37,6 @@ VIEW_TOKENS = 8
 DEFAULT_MODEL = "Llama-3.1-8B-Instruct, bf16, vLLM, one L40S (ray_cluster.yaml's GPU)"
 DEFAULT_PROMPT_TOKENS_PER_S = 5000.0
 DEFAULT_GEN_TOKENS_PER_S = 1000.0
-
-
-@dataclass(frozen=True)
-class StageLoad:
-    """Model work of one stage: calls, prompt tokens (of which served from the prefix cache)
-    and generated tokens."""
-
-    stage: str
-    calls: int
-    prompt_tokens: int
-    cached_prompt_tokens: int
-    generated_tokens: int
-
-    def __add__(self, other: StageLoad) -> StageLoad:
-        return StageLoad(
-            self.stage,
-            self.calls + other.calls,
-            self.prompt_tokens + other.prompt_tokens,
-            self.cached_prompt_tokens + other.cached_prompt_tokens,
-            self.generated_tokens + other.generated_tokens,
-        )
-
-    def gpu_hours(self, prompt_per_s: float, gen_per_s: float) -> float:
-        """Prefill of the uncached prompt plus decode, at per-GPU rates; summing the two is an
-        upper bound, since continuous batching overlaps them."""
-        prefill = (self.prompt_tokens - self.cached_prompt_tokens) / prompt_per_s
-        return (prefill + self.generated_tokens / gen_per_s) / 3600
 
 
 @dataclass(frozen=True)
@@ -78,132 +48,43 @@ class DomainCounts:
     pairs_per_user: int
 
 
-def domain_counts(config: JobConfig, domain: DomainSpec) -> DomainCounts:
-    counts = config.counts
-    candidates = counts.candidates_per_question
-    if not domain.responses.views_from_model:
-        candidates = min(candidates, len(domain.responses.views))
-    pool = counts.questions * math.comb(candidates, 2)
-    if counts.pool_pairs is not None:
-        pool = min(pool, counts.pool_pairs)
-    return DomainCounts(
-        counts.users, counts.questions, candidates, pool, min(counts.pairs_per_user, pool)
-    )
-
-
-class _Tokens:
-    def __init__(self, chars_per_token: float) -> None:
-        self.chars_per_token = chars_per_token
-
-    def of(self, messages: list[ChatMessage]) -> int:
-        return math.ceil(sum(len(m.content) for m in messages) / self.chars_per_token)
-
-    def text(self, tokens: int) -> str:
-        """A stand-in for generated text of `tokens` tokens."""
-        return "x" * round(tokens * self.chars_per_token)
-
-
-def domain_loads(config: JobConfig, name: str, chars_per_token: float) -> list[StageLoad]:
-    from fspo_data.core.records import Question
+def domain_plan(
+    config: JobConfig, name: str, chars_per_token: float = CHARS_PER_TOKEN
+) -> tuple[list[StageLoad], DomainCounts]:
+    """Each stage's `estimate` in run order over one domain, and the counts they settled."""
     from fspo_data.domains import load_domain
-    from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
-    from fspo_data.stages.personas import persona_request
-    from fspo_data.stages.questions import question_request, question_topic
-    from fspo_data.stages.responses import response_request, views_request
+    from fspo_data.stages import STAGES
+    from fspo_data.stages.base import Estimate
 
-    domain, stages = load_domain(name), config.stages
-    n = domain_counts(config, domain)
-    tok = _Tokens(chars_per_token)
-    traits = sample_traits(load_taxonomy(name), config.seed, 0)
-    if domain.persona.describe_with_model:
-        prompt = tok.of(persona_request(traits, stages.personas, 0).messages)
-        personas = StageLoad(
-            "personas", n.users, n.users * prompt, 0, n.users * stages.personas.max_tokens
-        )
-        description = tok.text(stages.personas.max_tokens)
-    else:
-        personas = StageLoad("personas", 0, 0, 0, 0)
-        description = domain.templated_description(traits)
-    topic = question_topic(domain, 0)
-    if domain.questions.fixed_question:
-        questions = StageLoad("questions", 0, 0, 0, 0)
-        question = Template(domain.questions.fixed_question).substitute(topic=topic)
-    else:
-        prompt = tok.of(question_request(domain, topic, stages.questions, 0).messages)
-        questions = StageLoad(
-            "questions",
-            n.questions,
-            n.questions * prompt,
-            0,
-            n.questions * stages.questions.max_tokens,
-        )
-        question = tok.text(stages.questions.max_tokens)
-    stand_in = Question(
-        question_uuid="q",
-        domain=name,
-        index=0,
-        question=question,
-        selected_trait="",
-        trait_varied=topic,
-        question_type="",
+    domain, est = load_domain(name), Estimate(chars_per_token)
+    loads = [
+        load
+        for stage in STAGES
+        if stage.estimate is not None and stage.enabled(config)
+        for load in stage.estimate(config, domain, est)
+    ]
+    counts = DomainCounts(
+        config.counts.users,
+        config.counts.questions,
+        est.counts["candidates"],
+        est.counts["pool_pairs"],
+        est.counts["pairs_per_user"],
     )
-    if domain.responses.views_from_model:
-        prompt = tok.of(views_request(stand_in, n.candidates, stages.views).messages)
-        views = StageLoad(
-            "views", n.questions, n.questions * prompt, 0, n.questions * stages.views.max_tokens
-        )
-        view = tok.text(VIEW_TOKENS)
-    else:
-        views = StageLoad("views", 0, 0, 0, 0)
-        view = domain.responses.views[0]
-    candidates = n.questions * n.candidates
-    prompt = tok.of(response_request(domain, stand_in, view, stages.responses).messages)
-    responses = StageLoad(
-        "responses",
-        candidates,
-        candidates * prompt,
-        0,
-        candidates * stages.responses.max_tokens,
-    )
-    judge = judge_load(config, domain, n, description, question, view, tok)
-    return [personas, questions, views, responses, judge]
+    return loads, counts
 
 
-def judge_load(
-    config: JobConfig,
-    domain: DomainSpec,
-    n: DomainCounts,
-    description: str,
-    question: str,
-    view: str,
-    tok: _Tokens,
-) -> StageLoad:
-    """Both orders x samples_per_order per pair, for the first pass and each refinement round
-    (whose descriptions carry the preferences stated so far)."""
-    from fspo_data.judging import judge_requests
-
-    settings = config.stages.judge
-    response = tok.text(config.stages.responses.max_tokens)
-    calls_per_user = n.pairs_per_user * 2 * settings.samples_per_order
-    statement = domain.state_preference(view, view)
-    total = StageLoad("judge", 0, 0, 0, 0)
-    for round_ in range(settings.refine_rounds + 1):
-        stated = [statement] * (round_ * settings.stated_preferences_per_round)
-        persona = "\n".join([description, *stated])
-        request = judge_requests(persona, question, response, response, settings, 0)[0]
-        per_call = tok.of(request.messages)
-        cached = 0
-        if config.model.enable_prefix_caching and calls_per_user:
-            cached = n.users * (calls_per_user - 1) * tok.of(request.messages[:1])
-        calls = n.users * calls_per_user
-        total = total + StageLoad("judge", calls, calls * per_call, cached, calls)
-    return total
+def domain_counts(config: JobConfig, name: str) -> DomainCounts:
+    return domain_plan(config, name)[1]
 
 
 def job_loads(config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN) -> list[StageLoad]:
-    """One StageLoad per stage (personas, questions, views, responses, judge), over domains."""
-    per_domain = [domain_loads(config, d, chars_per_token) for d in config.domains]
-    return [sum(loads[1:], loads[0]) for loads in zip(*per_domain, strict=True)]
+    """One StageLoad per kind of model work (personas, questions, views, responses, judge),
+    summed over the job's domains."""
+    totals: dict[str, StageLoad] = {}
+    for domain in config.domains:
+        for load in domain_plan(config, domain, chars_per_token)[0]:
+            totals[load.stage] = totals[load.stage] + load if load.stage in totals else load
+    return list(totals.values())
 
 
 @dataclass(frozen=True)
@@ -224,9 +105,7 @@ class Sizing:
 def sizing(
     config: JobConfig, loads: list[StageLoad], prompt_per_s: float, gen_per_s: float
 ) -> Sizing:
-    from fspo_data.domains import load_domain
-
-    counts = [domain_counts(config, load_domain(d)) for d in config.domains]
+    counts = [domain_counts(config, d) for d in config.domains]
     gpus = config.model.replicas * config.model.tensor_parallel_size
     gpu_hours = sum(s.gpu_hours(prompt_per_s, gen_per_s) for s in loads)
     return Sizing(

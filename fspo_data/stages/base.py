@@ -1,8 +1,11 @@
-"""What every stage shares: the shard spec, the context a shard runs in, the input check.
+"""The stage contract: what a stage declares, the shard spec, the context a shard runs in.
 
-A stage is a module with pure functions over records plus one `Stage` object that says
-how the run is cut into shards and how one shard is computed. The orchestrator runs
-`Stage.run` inside Ray (an engine actor for LLM stages, a task otherwise).
+A stage is a module of pure functions over in-memory tables plus one `Stage` object that
+declares what it reads (upstream stages, and how their shards line up with its own), the
+slice of the config it reads, the prompt templates it uses, what it writes, whether it needs
+a model, and how to size its model work for `fspo-data plan`. The orchestrator plans shards
+from these declarations, reads the inputs, calls `Stage.run` inside Ray (an engine actor for
+LLM stages, a task otherwise) and writes the output; a stage never touches the disk.
 """
 
 from __future__ import annotations
@@ -10,18 +13,18 @@ from __future__ import annotations
 import gc
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from fspo_data.core.chat import LLMBackend
-from fspo_data.core.config import JobConfig
+from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend
+from fspo_data.core.config import JobConfig, config_leaves
 from fspo_data.core.records import Record
+from fspo_data.domains import DomainSpec
 
 R = TypeVar("R", bound=Record)
 
@@ -72,25 +75,132 @@ class StageContext:
     config: JobConfig
     backend: LLMBackend | None = None
 
-    @property
-    def run_dir(self) -> Path:
-        return self.config.run_dir
-
     def llm(self) -> LLMBackend:
         if self.backend is None:
             raise RuntimeError("this stage needs a model backend but none was started")
         return self.backend
 
 
+@dataclass(frozen=True)
+class StageLoad:
+    """Model work of one stage: calls, prompt tokens (of which served from the prefix cache)
+    and generated tokens."""
+
+    stage: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+    def __add__(self, other: StageLoad) -> StageLoad:
+        return StageLoad(
+            self.stage,
+            self.calls + other.calls,
+            self.prompt_tokens + other.prompt_tokens,
+            self.cached_prompt_tokens + other.cached_prompt_tokens,
+            self.generated_tokens + other.generated_tokens,
+        )
+
+    def gpu_hours(self, prompt_per_s: float, gen_per_s: float) -> float:
+        """Prefill of the uncached prompt plus decode, at per-GPU rates; summing the two is an
+        upper bound, since continuous batching overlaps them."""
+        prefill = (self.prompt_tokens - self.cached_prompt_tokens) / prompt_per_s
+        return (prefill + self.generated_tokens / gen_per_s) / 3600
+
+
+@dataclass
+class Estimate:
+    """What `fspo-data plan` hands from stage to stage of one domain: stand-ins for the texts
+    earlier stages write (sized like the real ones), counts, and the token arithmetic."""
+
+    chars_per_token: float
+    stand_ins: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def tokens(self, messages: list[ChatMessage]) -> int:
+        return math.ceil(sum(len(m.content) for m in messages) / self.chars_per_token)
+
+    def text(self, tokens: int) -> str:
+        """A stand-in for generated text of `tokens` tokens."""
+        return "x" * round(tokens * self.chars_per_token)
+
+    def load(self, stage: str, calls: int, request: ChatRequest) -> StageLoad:
+        """`calls` calls of `request`'s size, each generating its `max_tokens`."""
+        prompt = self.tokens(request.messages)
+        return StageLoad(stage, calls, calls * prompt, 0, calls * request.max_tokens)
+
+
+class StageInput(BaseModel):
+    """An upstream stage a stage reads, and which of its committed shards a shard gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stage: str
+    align: Literal["shard", "domain"] = Field(
+        description="'shard': the upstream shard of the same name (the stage's shards follow "
+        "that stage's plan); 'domain': every committed shard of the shard's domain."
+    )
+
+    def prefix(self, spec: ShardSpec) -> str:
+        """The shard-name prefix of the upstream shards that `spec` reads."""
+        return spec.name if self.align == "shard" else f"{spec.domain}-"
+
+
+# A shard's inputs: upstream stage name -> its committed shards that the shard reads.
+Inputs = Mapping[str, pa.Table]
+
+
+def config_slice(*paths: str) -> Callable[[JobConfig], dict[str, Any]]:
+    """A stage's `settings` declaration: these config fields, as dotted leaves."""
+
+    def settings(config: JobConfig) -> dict[str, Any]:
+        return config_leaves(config, paths)
+
+    return settings
+
+
+def no_prompts(_: DomainSpec) -> tuple[str, ...]:
+    return ()
+
+
+def always(_: JobConfig) -> bool:
+    return True
+
+
 class Stage(BaseModel):
-    """How a stage is planned and run. `run` is resolved from the stage's module."""
+    """A stage's declaration. Every callable is a plain function of the stage's module."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str
-    record_type: type[Record]
-    needs_llm: bool
-    plan: Callable[[JobConfig], list[ShardSpec]]
-    run: Callable[[ShardSpec, StageContext], ShardOutput]
+    record_type: type[Record] = Field(description="What each row of its shards is.")
+    needs_llm: bool = Field(description="Runs in an engine actor with a model backend.")
+    inputs: tuple[StageInput, ...] = Field(
+        default=(),
+        description="Upstream stages read; a stage without `cut` follows the plan "
+        "of its first 'shard'-aligned input.",
+    )
+    settings: Callable[[JobConfig], dict[str, Any]] = Field(
+        description="The config fields its records depend on, as dotted leaves: a change to "
+        "one recomputes its shards (and, through their content, what reads them)."
+    )
+    prompts: Callable[[DomainSpec], tuple[str, ...]] = Field(
+        default=no_prompts, description="Prompt templates it renders for a domain."
+    )
+    cut: Callable[[JobConfig], list[ShardSpec]] | None = Field(
+        default=None, description="How a source stage cuts its own shards."
+    )
+    enabled: Callable[[JobConfig], bool] = Field(
+        default=always, description="Whether the job runs the stage at all."
+    )
+    run: Callable[[ShardSpec, Inputs, StageContext], ShardOutput] = Field(
+        description="One shard: its spec, its inputs in memory, settings and model -> records."
+    )
+    estimate: Callable[[JobConfig, DomainSpec, Estimate], list[StageLoad]] | None = Field(
+        default=None, description="Model work for `fspo-data plan` (None: no model calls)."
+    )
+
+    def shard_input(self) -> StageInput | None:
+        """The input whose shards this stage's shards follow; None for a source stage."""
+        return next((i for i in self.inputs if i.align == "shard"), None)
 
 
 def require_columns(stage: str, source: str, table: pa.Table, record_type: type[Record]) -> None:

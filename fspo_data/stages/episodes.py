@@ -30,18 +30,18 @@ from fspo_data.core.records import (
     stable_id,
     to_table,
 )
-from fspo_data.core.shards import read_committed
 from fspo_data.domains import load_domain
 from fspo_data.stages.base import (
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageInput,
+    config_slice,
     gc_paused,
     records_from_table,
-    require_columns,
 )
-from fspo_data.stages.personas import plan as persona_plan
 
 TASK_LINE = "Given the examples above, generate a preferred response to the following question."
 SHOT_FIELDS = ("judgment_uuid", "question", "chosen", "rejected")
@@ -255,19 +255,21 @@ def user_episodes(persona: Persona, judgments: list[Judgment], config: JobConfig
     return list(RecordTable(table, Episode))
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
-    return [spec.model_copy(update={"stage": "episodes"}) for spec in persona_plan(config)]
-
-
 @gc_paused()
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
-    personas_table = read_committed(ctx.run_dir, "personas", prefix=spec.name)
-    judge_table = read_committed(ctx.run_dir, "judge", prefix=spec.name)
-    require_columns("episodes", f"personas/{spec.name}", personas_table, Persona)
-    require_columns("episodes", f"judge/{spec.name}", judge_table, Judgment)
+def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     counters: Counter[str] = Counter()
-    table = episode_table(personas_table, judge_table, ctx.config, counters)
+    table = episode_table(inputs["personas"], inputs["judge"], ctx.config, counters)
     return ShardOutput(records=RecordTable(table, Episode), counters=counters)
 
 
-STAGE = Stage(name="episodes", record_type=Episode, needs_llm=False, plan=plan, run=run)
+STAGE = Stage(
+    name="episodes",
+    record_type=Episode,
+    needs_llm=False,
+    inputs=(
+        StageInput(stage="personas", align="shard"),
+        StageInput(stage="judge", align="shard"),
+    ),
+    settings=config_slice("seed", "counts.shots", "splits"),
+    run=run,
+)

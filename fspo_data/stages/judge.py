@@ -10,6 +10,7 @@ the judgments.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, fields
 
@@ -28,26 +29,29 @@ from fspo_data.core.records import (
     derived_seed,
     stable_id,
 )
-from fspo_data.core.shards import read_committed
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
     Verdicts,
     both_orders,
+    judge_requests,
     pair_margins,
     persona_message,
     reconcile_all,
     user_message,
 )
 from fspo_data.stages.base import (
+    Estimate,
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageInput,
+    StageLoad,
+    config_slice,
     gc_paused,
     records_from_table,
-    require_columns,
 )
-from fspo_data.stages.personas import plan as persona_plan
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,6 @@ def pair_difficulty(domain: DomainSpec, persona: Persona, view_x: str, view_y: s
     return "easy" if level in (view_x, view_y) else "hard"
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
-    return [spec.model_copy(update={"stage": "judge"}) for spec in persona_plan(config)]
-
-
 @dataclass
 class ShardInputs:
     personas: list[Persona]
@@ -136,27 +136,19 @@ class ShardInputs:
         return self.responses[pair.x].response, self.responses[pair.y].response
 
 
-def load_inputs(spec: ShardSpec, ctx: StageContext) -> ShardInputs:
-    sources = {
-        "personas": (read_committed(ctx.run_dir, "personas", prefix=spec.name), Persona),
-        "questions": (read_committed(ctx.run_dir, "questions", prefix=spec.domain), Question),
-        "responses": (read_committed(ctx.run_dir, "responses", prefix=spec.domain), Response),
-    }
-    for stage, (table, record_type) in sources.items():
-        require_columns("judge", stage, table, record_type)
-    personas = records_from_table(sources["personas"][0], Persona)
+def shard_inputs(spec: ShardSpec, inputs: Inputs, config: JobConfig) -> ShardInputs:
+    """The shard's users, and the domain's questions, candidates and shared pair pool."""
+    personas = records_from_table(inputs["personas"], Persona)
     questions = {
-        q.question_uuid: q.question for q in records_from_table(sources["questions"][0], Question)
+        q.question_uuid: q.question for q in records_from_table(inputs["questions"], Question)
     }
     responses = [
-        r
-        for r in records_from_table(sources["responses"][0], Response)
-        if r.question_uuid in questions
+        r for r in records_from_table(inputs["responses"], Response) if r.question_uuid in questions
     ]
     pool = candidate_pairs(responses)
-    limit = ctx.config.counts.pool_pairs
+    limit = config.counts.pool_pairs
     if limit is not None and limit < len(pool):
-        rng = np.random.default_rng(derived_seed("pool", ctx.config.seed, spec.domain))
+        rng = np.random.default_rng(derived_seed("pool", config.seed, spec.domain))
         pool = [pool[i] for i in sorted(rng.choice(len(pool), size=limit, replace=False))]
     return ShardInputs(personas, questions, {r.response_uuid: r for r in responses}, pool)
 
@@ -360,10 +352,10 @@ def _prefixed(texts: pl.DataFrame, role: str) -> pl.DataFrame:
 
 
 @gc_paused()
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     config, settings = ctx.config, ctx.config.stages.judge
     domain = load_domain(spec.domain)
-    inputs = load_inputs(spec, ctx)
+    inputs = shard_inputs(spec, tables, config)
     counters: Counter[str] = Counter()
     if not inputs.pool:
         counters["judge_no_pairs"] += 1
@@ -386,4 +378,52 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=RecordTable(table, Judgment), counters=counters)
 
 
-STAGE = Stage(name="judge", record_type=Judgment, needs_llm=True, plan=plan, run=run)
+def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
+    """Both orders x samples_per_order per pair, for the first pass and each refinement round
+    (whose descriptions carry the preferences stated so far; every user counted as relabelled,
+    an upper bound). With prefix caching the persona prefix (the system message) is computed
+    once per user and pass, so the rest of a user's calls count it as cached."""
+    counts, settings = config.counts, config.stages.judge
+    pool = counts.questions * math.comb(est.counts["candidates"], 2)
+    if counts.pool_pairs is not None:
+        pool = min(pool, counts.pool_pairs)
+    est.counts["pool_pairs"] = pool
+    est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
+    calls_per_user = est.counts["pairs_per_user"] * 2 * settings.samples_per_order
+    view, response = est.stand_ins["view"], est.stand_ins["response"]
+    statement = domain.state_preference(view, view)
+    total = StageLoad("judge")
+    for round_ in range(settings.refine_rounds + 1):
+        stated = [statement] * (round_ * settings.stated_preferences_per_round)
+        persona = "\n".join([est.stand_ins["description"], *stated])
+        question = est.stand_ins["question"]
+        request = judge_requests(persona, question, response, response, settings, 0)[0]
+        load = est.load("judge", counts.users * calls_per_user, request)
+        cached = 0
+        if config.model.enable_prefix_caching and calls_per_user:
+            cached = counts.users * (calls_per_user - 1) * est.tokens(request.messages[:1])
+        total = total + StageLoad("judge", load.calls, load.prompt_tokens, cached, load.calls)
+    return [total]
+
+
+# The settings that change labels; `flag_*` only shape the run's statistics.
+LABEL_SETTINGS = tuple(
+    f"stages.judge.{name}"
+    for name in JudgeConfig.model_fields
+    if name not in {"flag_agreement", "flag_min_shared"}
+)
+
+STAGE = Stage(
+    name="judge",
+    record_type=Judgment,
+    needs_llm=True,
+    inputs=(
+        StageInput(stage="personas", align="shard"),
+        StageInput(stage="questions", align="domain"),
+        StageInput(stage="responses", align="domain"),
+    ),
+    settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
+    prompts=lambda _: ("judge",),
+    run=run,
+    estimate=estimate,
+)

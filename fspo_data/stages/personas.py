@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import cache
+from typing import Any
 
 from fspo_data.core.chat import ChatRequest, complete_all
-from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.config import JobConfig, SamplingConfig, config_leaves
 from fspo_data.core.records import Persona, Trait, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.dedup import deduplicate
@@ -19,10 +20,13 @@ from fspo_data.personas.taxonomy import (
 )
 from fspo_data.prompts import render
 from fspo_data.stages.base import (
+    Estimate,
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageLoad,
     cut_shards,
 )
 
@@ -58,10 +62,34 @@ def rejection(description: str | None, traits: list[Trait], taxonomy: Taxonomy) 
     return None
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
+def cut(config: JobConfig) -> list[ShardSpec]:
     return cut_shards(
         "personas", config.domains, config.counts.users, config.sharding.users_per_shard
     )
+
+
+def settings(config: JobConfig) -> dict[str, Any]:
+    paths = ["seed", "personas", "stages.personas", "stages.persona_checks"]
+    # Quotas are dealt over all users: there the user count shapes every persona. Otherwise it
+    # only says how far the shards go (a grown run re-cuts only its last shard).
+    if config.personas.stratify:
+        paths.append("counts.users")
+    return config_leaves(config, paths)
+
+
+def prompts(domain: DomainSpec) -> tuple[str, ...]:
+    return ("persona_description",) if domain.persona.describe_with_model else ()
+
+
+def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
+    """One call per user; the description stand-in is what the judge prompts carry."""
+    users, sampling = config.counts.users, config.stages.personas
+    traits = sample_traits(load_taxonomy(domain.name), config.seed, 0)
+    if not domain.persona.describe_with_model:
+        est.stand_ins["description"] = domain.templated_description(traits)
+        return [StageLoad("personas")]
+    est.stand_ins["description"] = est.text(sampling.max_tokens)
+    return [est.load("personas", users, persona_request(traits, sampling, 0))]
 
 
 def describe(
@@ -134,7 +162,7 @@ def embedder(name: str) -> TextEmbedder:
     return make_embedder(name)
 
 
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     config = ctx.config
     taxonomy = load_taxonomy(spec.domain)
     indices = range(spec.start, spec.stop)
@@ -162,4 +190,13 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=records, counters=counters)
 
 
-STAGE = Stage(name="personas", record_type=Persona, needs_llm=True, plan=plan, run=run)
+STAGE = Stage(
+    name="personas",
+    record_type=Persona,
+    needs_llm=True,
+    settings=settings,
+    prompts=prompts,
+    cut=cut,
+    run=run,
+    estimate=estimate,
+)

@@ -13,10 +13,14 @@ from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
 from fspo_data.prompts import render
 from fspo_data.stages.base import (
+    Estimate,
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageLoad,
+    config_slice,
     cut_shards,
 )
 
@@ -91,13 +95,32 @@ def phrase_questions(
     return phrased
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
+def cut(config: JobConfig) -> list[ShardSpec]:
     return cut_shards(
         "questions", config.domains, config.counts.questions, config.sharding.questions_per_shard
     )
 
 
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+def prompts(domain: DomainSpec) -> tuple[str, ...]:
+    return () if domain.questions.fixed_question else (domain.questions.prompt,)
+
+
+def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
+    """One call per question; the question stand-in is what later prompts carry."""
+    topic = question_topic(domain, 0)
+    est.stand_ins["topic"] = topic
+    if domain.questions.fixed_question:
+        est.stand_ins["question"] = Template(domain.questions.fixed_question).substitute(
+            topic=topic
+        )
+        return [StageLoad("questions")]
+    sampling = config.stages.questions
+    est.stand_ins["question"] = est.text(sampling.max_tokens)
+    request = question_request(domain, topic, sampling, 0)
+    return [est.load("questions", config.counts.questions, request)]
+
+
+def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     domain = load_domain(spec.domain)
     indices = range(spec.start, spec.stop)
     chosen = [question_topic(domain, i) for i in indices]
@@ -123,4 +146,14 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=records, counters=counters)
 
 
-STAGE = Stage(name="questions", record_type=Question, needs_llm=True, plan=plan, run=run)
+STAGE = Stage(
+    name="questions",
+    record_type=Question,
+    needs_llm=True,
+    # Unparsable questions are retried up to the persona checks' attempts.
+    settings=config_slice("seed", "stages.questions", "stages.persona_checks.max_attempts"),
+    prompts=prompts,
+    cut=cut,
+    run=run,
+    estimate=estimate,
+)

@@ -12,18 +12,18 @@ from collections import Counter
 from fspo_data.core.chat import ChatRequest, complete_all
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Episode, RatEpisode, Shot, derived_seed
-from fspo_data.core.shards import read_committed
 from fspo_data.prompts import render
 from fspo_data.stages.base import (
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageInput,
+    config_slice,
     records_from_table,
-    require_columns,
 )
 from fspo_data.stages.episodes import format_completion, format_prompt
-from fspo_data.stages.episodes import plan as episode_plan
 
 RAT_TASK_LINE = (
     "Generate a user description based on the examples above. "
@@ -64,16 +64,12 @@ def with_rationale(episode: Episode, rationale: str) -> RatEpisode:
     )
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
-    if not config.stages.rationales.enabled:
-        return []
-    return [spec.model_copy(update={"stage": "rationales"}) for spec in episode_plan(config)]
+def enabled(config: JobConfig) -> bool:
+    return config.stages.rationales.enabled
 
 
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
-    table = read_committed(ctx.run_dir, "episodes", prefix=spec.name)
-    require_columns("rationales", f"episodes/{spec.name}", table, Episode)
-    episodes = records_from_table(table, Episode)
+def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
+    episodes = records_from_table(inputs["episodes"], Episode)
     counters: Counter[str] = Counter()
     sampling = ctx.config.stages.rationales.sampling
     completions = complete_all(
@@ -89,4 +85,13 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=records, counters=counters)
 
 
-STAGE = Stage(name="rationales", record_type=RatEpisode, needs_llm=True, plan=plan, run=run)
+STAGE = Stage(
+    name="rationales",
+    record_type=RatEpisode,
+    needs_llm=True,
+    inputs=(StageInput(stage="episodes", align="shard"),),
+    settings=config_slice("stages.rationales"),
+    prompts=lambda _: ("rationale",),
+    enabled=enabled,
+    run=run,
+)

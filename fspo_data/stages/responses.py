@@ -13,20 +13,24 @@ import numpy as np
 from fspo_data.core.chat import ChatRequest, complete_all
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question, Response, derived_seed, stable_id
-from fspo_data.core.shards import read_committed
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.prompts import render
 from fspo_data.stages.base import (
+    Estimate,
+    Inputs,
     ShardOutput,
     ShardSpec,
     Stage,
     StageContext,
+    StageInput,
+    StageLoad,
     clean_line,
+    config_slice,
     records_from_table,
-    require_columns,
 )
-from fspo_data.stages.questions import plan as question_plan
 
+# A model-listed viewpoint is a few words ("a budget-conscious parent"), for `fspo-data plan`.
+VIEW_TOKENS = 8
 # Used when a small model lists fewer distinct views than asked; counted as `views_fallback`.
 FALLBACK_VIEWS = (
     "a budget-conscious pragmatist",
@@ -107,16 +111,46 @@ def response_request(
     )
 
 
-def plan(config: JobConfig) -> list[ShardSpec]:
-    return [spec.model_copy(update={"stage": "responses"}) for spec in question_plan(config)]
+def candidates_per_question(config: JobConfig, domain: DomainSpec) -> int:
+    """Candidates a question gets: as asked, or every fixed view of the domain if fewer."""
+    count = config.counts.candidates_per_question
+    return count if domain.responses.views_from_model else min(count, len(domain.responses.views))
 
 
-def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
+def prompts(domain: DomainSpec) -> tuple[str, ...]:
+    listing = ("viewpoints",) if domain.responses.views_from_model else ()
+    return (*listing, domain.responses.prompt)
+
+
+def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
+    """A view listing per question (model-listed views), then one answer per view."""
+    questions, stages = config.counts.questions, config.stages
+    count = candidates_per_question(config, domain)
+    est.counts["candidates"] = count
+    stand_in = Question(
+        question_uuid="q",
+        domain=domain.name,
+        index=0,
+        question=est.stand_ins["question"],
+        selected_trait="",
+        trait_varied=est.stand_ins["topic"],
+        question_type="",
+    )
+    views = StageLoad("views")
+    view = domain.responses.views[0] if domain.responses.views else ""
+    if domain.responses.views_from_model:
+        views = est.load("views", questions, views_request(stand_in, count, stages.views))
+        view = est.text(VIEW_TOKENS)
+    est.stand_ins["view"] = view
+    est.stand_ins["response"] = est.text(stages.responses.max_tokens)
+    request = response_request(domain, stand_in, view, stages.responses)
+    return [views, est.load("responses", questions * count, request)]
+
+
+def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     config = ctx.config
     count = config.counts.candidates_per_question
-    table = read_committed(ctx.run_dir, "questions", prefix=spec.name)
-    require_columns("responses", f"questions/{spec.name}", table, Question)
-    questions = records_from_table(table, Question)
+    questions = records_from_table(inputs["questions"], Question)
     domain = load_domain(spec.domain)
     counters: Counter[str] = Counter()
     views = choose_views(domain, questions, count, ctx, counters)
@@ -143,4 +177,13 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=records, counters=counters)
 
 
-STAGE = Stage(name="responses", record_type=Response, needs_llm=True, plan=plan, run=run)
+STAGE = Stage(
+    name="responses",
+    record_type=Response,
+    needs_llm=True,
+    inputs=(StageInput(stage="questions", align="shard"),),
+    settings=config_slice("counts.candidates_per_question", "stages.views", "stages.responses"),
+    prompts=prompts,
+    run=run,
+    estimate=estimate,
+)

@@ -3,8 +3,8 @@ import argparse
 import pytest
 
 from fspo_data.core.config import JobConfig
-from fspo_data.domains import load_domain
-from fspo_data.pipeline.plan import StageLoad, add_plan_command, domain_counts, job_loads, sizing
+from fspo_data.pipeline.plan import add_plan_command, domain_counts, job_loads, sizing
+from fspo_data.stages.base import StageLoad
 
 MAX_TOKENS = {"personas": 50, "questions": 20, "views": 30, "responses": 40}
 
@@ -56,11 +56,11 @@ def test_fixed_views_cap_candidates_and_pool_pairs_caps_pairs():
             )
         }
     )
-    elix = domain_counts(config, load_domain("elix"))  # 5 education levels
+    elix = domain_counts(config, "elix")  # 5 education levels
     assert (elix.candidates, elix.pool_pairs, elix.pairs_per_user) == (5, 7, 7)
-    review = domain_counts(config, load_domain("review"))  # 4 review styles: 4 x 6 = 24 pairs
+    review = domain_counts(config, "review")  # 4 review styles: 4 x 6 = 24 pairs
     assert (review.candidates, review.pool_pairs) == (4, 7)
-    roleplay = domain_counts(config, load_domain("roleplay"))  # views from the model
+    roleplay = domain_counts(config, "roleplay")  # views from the model
     assert roleplay.candidates == 8
 
 

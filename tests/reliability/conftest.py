@@ -17,7 +17,7 @@ import ray
 
 from fspo_data.core.config import JobConfig, dump_config, load_config
 from fspo_data.core.shards import file_sha256, load_manifest
-from fspo_data.stages import STAGES
+from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import Stage
 from tests.conftest import TESTS_DIR
 
@@ -103,7 +103,8 @@ def assert_run_is_whole(run_dir: Path, config: JobConfig) -> dict[str, list[str]
     committed = committed_shards(run_dir)
     for stage in STAGES:
         stage_dir = run_dir / stage.name
-        assert committed[stage.name] == {spec.name for spec in stage.plan(config)}, stage.name
+        planned = {spec.name for spec in plan_shards(stage, config)}
+        assert committed[stage.name] == planned, stage.name
         on_disk = {p.name for p in stage_dir.glob("*.parquet")} if stage_dir.exists() else set()
         assert on_disk == {f"{name}.parquet" for name in committed[stage.name]}, stage.name
     leftovers = [p for p in run_dir.rglob(".*.tmp-*")]
@@ -182,7 +183,7 @@ def new_shard_files(folder: Path, since: float) -> int:
 
 def stage_done(config: JobConfig, stage: Stage) -> bool:
     manifest = load_manifest(config.run_dir / stage.name)
-    return manifest is not None and len(manifest.shards) == len(stage.plan(config))
+    return manifest is not None and len(manifest.shards) == len(plan_shards(stage, config))
 
 
 def kill_at_random_points(
@@ -204,15 +205,15 @@ def kill_at_random_points(
     than the delay finds the job finished.
     """
     rng = random.Random(seed)
-    stages = [stage for stage in stages or STAGES if stage.plan(config)]
+    stages = [stage for stage in stages or STAGES if plan_shards(stage, config)]
     targets = sorted(rng.choices(range(len(stages)), k=kills))
     hits = 0
-    for attempt, index in enumerate(targets):
+    for index in targets:
         delay = rng.uniform(0.0, max_delay_s)
         stage = stages[index]
         watched = config.run_dir if stage_done(config, stage) else config.run_dir / stage.name
         started = time.time()
-        job = start_job(["run", str(config_path), "--quiet", *(["--resume"] if attempt else [])])
+        job = start_job(["run", str(config_path), "--quiet"])
         try:
             while job.poll() is None and not new_shard_files(watched, started):
                 assert time.time() - started < attempt_timeout_s, "the job made no progress"

@@ -31,7 +31,7 @@ from fspo_data.core.shards import (
     write_shard,
 )
 from fspo_data.pipeline.orchestrator import CallTally, ModelUnavailable, execute_shard
-from fspo_data.stages import STAGES, STAGES_BY_NAME
+from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import StageContext
 from tests.backends.fake_openai_server import FakeOpenAIServer, Fault
 from tests.reliability.conftest import (
@@ -92,7 +92,7 @@ def test_a_long_outage_stops_cleanly_and_the_printed_command_resumes(tmp_path, l
 
         # Down from the second judge shard on, for as long as the test likes: far past the
         # retry budget (2 retries, < 0.2 s of backoff) of every call.
-        judge = [spec.name for spec in STAGES_BY_NAME["judge"].plan(config)]
+        judge = [spec.name for spec in plan_shards(STAGES_BY_NAME["judge"], config)]
         server.down_from = server.counters.calls + calls_before(reference, "judge", judge[1])
         code, err = run_cli("run", str(config_path), "--quiet")
         assert code == 1, err
@@ -102,7 +102,8 @@ def test_a_long_outage_stops_cleanly_and_the_printed_command_resumes(tmp_path, l
         assert resume, err
         committed = committed_shards(config.run_dir)
         assert committed["judge"] == {judge[0]}
-        assert committed["responses"] == {s.name for s in STAGES_BY_NAME["responses"].plan(config)}
+        responses = plan_shards(STAGES_BY_NAME["responses"], config)
+        assert committed["responses"] == {s.name for s in responses}
         kept = config.run_dir / "judge" / f"{judge[0]}.parquet"
         kept_as = (kept.stat().st_ino, kept.stat().st_mtime_ns, file_sha256(kept))
 
@@ -141,7 +142,8 @@ class RefusesOneUser:
 def persona_shard(tmp_path: Path, everyone: bool) -> tuple[JobConfig, ShardEntry]:
     """Run the first model-described persona shard (roleplay, 3 users) on `RefusesOneUser`."""
     config = instant_config(tmp_path / "run")
-    spec = next(s for s in STAGES_BY_NAME["personas"].plan(config) if s.domain == "roleplay")
+    personas = plan_shards(STAGES_BY_NAME["personas"], config)
+    spec = next(s for s in personas if s.domain == "roleplay")
     tally = CallTally(RefusesOneUser(config, everyone))
     return config, execute_shard(spec, StageContext(config=config, backend=tally), tally)
 
@@ -242,7 +244,7 @@ def test_a_full_disk_stops_the_job_cleanly_and_resume_finishes_it(tmp_path, smal
     resume = re.search(r"run `(fspo-data run [^`]+)` to resume", err)
     assert resume, err
     committed = sum(len(names) for names in committed_shards(config.run_dir).values())
-    planned = sum(len(stage.plan(config)) for stage in STAGES)
+    planned = sum(len(plan_shards(stage, config)) for stage in STAGES)
     assert 0 < committed < planned
 
     filler.unlink()  # space freed

@@ -36,13 +36,13 @@ from fspo_data.core.records import (
     Shot,
     to_table,
 )
-from fspo_data.core.shards import read_committed, write_shard
-from fspo_data.pipeline.orchestrator import run_job
+from fspo_data.core.shards import Manifest, read_committed, save_manifest, write_shard
+from fspo_data.pipeline.orchestrator import execute_shard, run_job
 from fspo_data.prompts import PROMPT_DIR, render
-from fspo_data.stages import STAGES, episodes
+from fspo_data.stages import STAGES, episodes, plan_shards
 from fspo_data.stages.base import StageContext, records_from_table
 from tests.backends.fake_openai_server import FakeOpenAIServer
-from tests.conftest import ScriptedBackend, write_stage
+from tests.conftest import ScriptedBackend
 from tests.reliability.conftest import assert_run_is_whole, instant_config
 
 HOSTILE = {
@@ -170,8 +170,8 @@ def test_fspo_prompt_keeps_hostile_text_verbatim_and_its_format_intact() -> None
 
 
 def test_hostile_model_output_flows_through_every_stage(tmp_path) -> None:
-    """Each stage's pure function on the hostile model's output, committed to Parquet and
-    read back by the next stage, as the orchestrator would, without Ray."""
+    """Each stage on the hostile model's output through the orchestrator's shard execution
+    (inputs read from committed Parquet, output committed), without Ray."""
     config = JobConfig(
         run_dir=tmp_path,
         counts={"users": 3, "questions": 3, "pairs_per_user": 9, "shots": {"roleplay": 2}},
@@ -180,10 +180,12 @@ def test_hostile_model_output_flows_through_every_stage(tmp_path) -> None:
     )
     backend = ScriptedBackend(scripted)
     for stage in STAGES:
-        for spec in stage.plan(config):
-            output = stage.run(spec, StageContext(config=config, backend=backend))
-            assert len(output.records), (stage.name, output.counters)
-            write_stage(tmp_path, stage.name, spec.name, list(output.records))
+        manifest = Manifest(stage=stage.name, schema="", config_fingerprint="", package_versions={})
+        for spec in plan_shards(stage, config):
+            entry = execute_shard(spec, StageContext(config=config, backend=backend))
+            assert entry.rows, (stage.name, entry.counters)
+            manifest.shards[spec.name] = entry
+        save_manifest(tmp_path / stage.name, manifest)
     assert_hostile_text_survived(config)
     # "[user]" lines in a description or response never start a message of their own
     assert {tuple(m.role for m in r.messages) for r in backend.requests} == {("system", "user")}
@@ -192,7 +194,7 @@ def test_hostile_model_output_flows_through_every_stage(tmp_path) -> None:
 def assert_hostile_text_survived(config: JobConfig) -> None:
     """Every stage's committed records carry the hostile text as the stages define it."""
     read = {s.name: records_from_table(read_committed(config.run_dir, s.name), s.record_type)
-            for s in STAGES if s.plan(config)}  # fmt: skip
+            for s in STAGES if plan_shards(s, config)}  # fmt: skip
     collapsed = " ".join(EVERYTHING.split())  # descriptions and rationales are one line
     assert all(collapsed in p.persona_description for p in read["personas"])
     assert all(q.question.startswith(QUESTION_TEXT) for q in read["questions"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fspo_data.core.config import JobConfig, load_config
-from fspo_data.stages import STAGES
+from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import Stage
 from tests.conftest import TESTS_DIR
 from tests.reliability.conftest import (
@@ -35,7 +35,7 @@ def check_kill_and_resume(
     code, err = run_cli("run", str(config_path), "--quiet", "--run-dir", str(reference_dir))
     assert code == 0, err
     hits = kill_at_random_points(config, config_path, kills, seed, max_delay_s, stages=stages)
-    code, err = run_cli("run", str(config_path), "--quiet", "--resume")
+    code, err = run_cli("run", str(config_path), "--quiet")
     assert code == 0, err
     assert hits >= kills - 1, f"only {hits} of {kills} kills hit a running job"
     expected = assert_run_is_whole(reference_dir, config)
@@ -68,5 +68,5 @@ def test_model_job_survives_three_kills(tmp_path):
     tiny["stages"]["judge"] = {"refine_rounds": 0}
     tiny["stages"]["responses"] = {"max_tokens": 16}
     config = JobConfig.model_validate(tiny | {"run_dir": str(tmp_path / "run")})
-    stages = [s for s in STAGES if s.needs_llm and len(s.plan(config)) > 1]
+    stages = [s for s in STAGES if s.needs_llm and len(plan_shards(s, config)) > 1]
     check_kill_and_resume(tmp_path, config, kills=3, seed=2, max_delay_s=1.0, stages=stages)

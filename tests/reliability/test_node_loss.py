@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from fspo_data.core.config import JobConfig
 from fspo_data.pipeline.orchestrator import init_ray, run_job
-from fspo_data.stages import STAGES_BY_NAME
+from fspo_data.stages import STAGES_BY_NAME, plan_shards
 from tests.reliability.conftest import assert_run_is_whole, instant_config
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_losing_a_worker_node_mid_stage_loses_and_duplicates_nothing(tmp_path, c
     assert engine_actor_restarts() == 0
 
     config = cluster_config(tmp_path / "run", cluster.address)
-    judge_shards = len(STAGES_BY_NAME["judge"].plan(config))
+    judge_shards = len(plan_shards(STAGES_BY_NAME["judge"], config))
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         job = pool.submit(run_job, config, progress=False)

@@ -1,8 +1,11 @@
-"""Resume on the instant backend: a run folder grows with its counts, recomputing exactly the
-shards whose range or inputs changed; a different config is refused naming the fields; the
-manifest is checked against the files, never trusted alone."""
+"""Resume on the instant backend: a run folder grows with its counts, and a config change
+recomputes exactly the shards whose range, recipe (config slice, prompts, model) or inputs
+changed, saying so in one line per stage; only another seed is refused; the manifest is
+checked against the files, never trusted alone."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,8 +13,10 @@ import pytest
 
 from fspo_data import cli
 from fspo_data.core.config import JobConfig
-from fspo_data.core.shards import MANIFEST, load_manifest
+from fspo_data.core.shards import MANIFEST, file_sha256, load_manifest
 from fspo_data.pipeline.orchestrator import run_job
+from fspo_data.prompts import PROMPT_DIR
+from fspo_data.stages import STAGES_BY_NAME, plan_shards
 from tests.reliability.conftest import assert_run_is_whole, instant_config, write_config
 
 
@@ -69,7 +74,7 @@ def test_growing_questions_rejudges_every_user_of_the_domain(tmp_path, local_ray
         "judge": 9,
         "episodes": 9,
     }
-    assert any("its input questions/" in n for s in grown.stages for n in s.notes)
+    assert any("its input questions" in n for s in grown.stages for n in s.notes)
     run_job(sized(tmp_path / "fresh", questions=6), progress=False)
     expected = assert_run_is_whole(tmp_path / "fresh", sized(tmp_path / "fresh", questions=6))
     assert assert_run_is_whole(tmp_path / "run", sized(tmp_path / "run", questions=6)) == expected
@@ -87,21 +92,100 @@ def test_shrinking_discards_shards_no_longer_planned(tmp_path, local_ray):
     assert judged_users == set(ids["personas"])
 
 
+def untouched_files(run_dir: Path, stages: list[str]) -> dict[str, tuple[int, int, str]]:
+    """file -> (inode, mtime, sha256) of every committed shard of `stages`."""
+    return {
+        f"{stage}/{path.name}": (path.stat().st_ino, path.stat().st_mtime_ns, file_sha256(path))
+        for stage in stages
+        for path in sorted((run_dir / stage).glob("*.parquet"))
+    }
+
+
+UPSTREAM_OF_JUDGE = ["personas", "questions", "responses"]
+
+
 @pytest.mark.slow
-def test_a_different_config_is_refused_naming_the_field_unless_forced(tmp_path, local_ray, capsys):
+def test_a_judge_setting_recomputes_only_the_judge_and_what_follows(tmp_path, local_ray, capsys):
+    config = sized(tmp_path / "run").model_dump(mode="json")
+    config["stages"]["rationales"]["enabled"] = True
+    config = JobConfig.model_validate(config)
+    path = write_config(tmp_path / "job.yaml", config)
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    before = untouched_files(config.run_dir, UPSTREAM_OF_JUDGE)
+    changed = config.model_dump(mode="json")
+    changed["stages"]["judge"]["min_margin"] = 0.1
+    changed = JobConfig.model_validate(changed)
+    capsys.readouterr()
+    summary = run_job(changed, progress=True)
+    shards = len(plan_shards(STAGES_BY_NAME["judge"], config))
+    ran = ran_now(summary)
+    assert ran | {"episodes": 0, "rationales": 0} == {
+        "personas": 0,
+        "questions": 0,
+        "responses": 0,
+        "judge": shards,
+        "episodes": 0,
+        "rationales": 0,
+    }
+    # Episodes follow only the judge shards whose labels moved (the rest re-made byte for byte).
+    assert 0 < ran["episodes"] == ran["rationales"] <= shards
+    printed = capsys.readouterr()
+    printed = printed.out + printed.err
+    line = f"judge: stages.judge.min_margin 0.05 -> 0.1, {shards} of {shards} shards recomputed"
+    assert line in printed
+    assert f"episodes: its input judge changed, {ran['episodes']} of {shards}" in printed
+    assert untouched_files(config.run_dir, UPSTREAM_OF_JUDGE) == before
+    # The same config again: nothing to do.
+    assert set(ran_now(run_job(changed, progress=False)).values()) == {0}
+
+
+@pytest.mark.slow
+def test_an_edited_judge_template_rejudges(tmp_path, local_ray):
+    config = sized(tmp_path / "run")
+    run_job(config, progress=False)
+    before = untouched_files(config.run_dir, UPSTREAM_OF_JUDGE)
+    template = PROMPT_DIR / "judge.txt"
+    original = template.read_bytes()
+    try:
+        # A real edit of the package's template, restored whatever happens; engine workers
+        # start afresh with each run, so they render the edited text.
+        template.write_bytes(original + b"\nAnswer with the letter only.\n")
+        summary = run_job(config, progress=False)
+    finally:
+        template.write_bytes(original)
+    shards = len(plan_shards(STAGES_BY_NAME["judge"], config))
+    assert ran_now(summary) == {
+        "personas": 0,
+        "questions": 0,
+        "responses": 0,
+        "judge": shards,
+        "episodes": shards,
+    }
+    line = f"judge: prompt template judge changed, {shards} of {shards} shards recomputed"
+    assert line in [note for s in summary.stages for note in s.notes]
+    assert untouched_files(config.run_dir, UPSTREAM_OF_JUDGE) == before
+
+
+@pytest.mark.slow
+def test_another_seed_is_refused_in_one_line_unless_forced(tmp_path, local_ray, capsys):
     config = sized(tmp_path / "run")
     path = write_config(tmp_path / "job.yaml", config)
     assert cli.main(["run", str(path), "--quiet"]) == 0
     capsys.readouterr()
-    changed = config.model_dump(mode="json") | {"seed": 4}
-    changed["stages"]["judge"]["min_margin"] = 0.5
-    write_config(path, JobConfig.model_validate(changed))
-    assert cli.main(["run", str(path), "--resume", "--quiet"]) == 2
+    write_config(path, JobConfig.model_validate(config.model_dump(mode="json") | {"seed": 4}))
+    assert cli.main(["run", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "seed: 3 -> 4" in err and "stages.judge.min_margin: 0.05 -> 0.5" in err
-    assert "--force-new-config" in err
+    assert "seed: 3 -> 4" in err and "--force-new-config" in err
     assert cli.main(["run", str(path), "--force-new-config", "--quiet"]) == 0
+    # Nothing of the old seed is kept: the run is the one a fresh folder gets.
+    fresh = config.model_copy(update={"seed": 4, "run_dir": tmp_path / "fresh"})
+    run_job(fresh, progress=False)
+    expected = assert_run_is_whole(fresh.run_dir, fresh)
+    assert (
+        assert_run_is_whole(config.run_dir, fresh.model_copy(update={"run_dir": config.run_dir}))
+        == expected
+    )
 
 
 @pytest.mark.slow

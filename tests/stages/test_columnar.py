@@ -11,7 +11,7 @@ from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import Episode, Judgment, Persona, RecordTable, Shot, to_table
 from fspo_data.prompts import render
-from fspo_data.stages import episodes, judge
+from fspo_data.stages import episodes, judge, plan_shards
 from fspo_data.stages.base import StageContext
 from tests.conftest import ScriptedBackend
 from tests.stages.test_episodes import _judgment, _persona
@@ -53,7 +53,7 @@ def test_reconcile_all_matches_reconcile_pair_by_pair():
 
 
 def test_pairs_without_a_letter_are_counted_not_written(tmp_path):
-    _views_run(tmp_path, refine_rounds=0)  # writes the inputs
+    *_, inputs = _views_run(tmp_path, refine_rounds=0)
     config = JobConfig(
         run_dir=tmp_path,
         counts={"users": 1, "pairs_per_user": 6, "shots": {"roleplay": 2}},
@@ -63,8 +63,9 @@ def test_pairs_without_a_letter_are_counted_not_written(tmp_path):
     def no_letters(request: ChatRequest) -> Completion:
         return Completion(first_token_logprobs={"The": -0.1})
 
-    spec = judge.plan(config)[0]
-    output = judge.run(spec, StageContext(config=config, backend=ScriptedBackend(no_letters)))
+    spec = plan_shards(judge.STAGE, config)[0]
+    context = StageContext(config=config, backend=ScriptedBackend(no_letters))
+    output = judge.run(spec, inputs, context)
     assert len(output.records) == 0
     assert to_table(output.records, Judgment).schema.equals(Judgment.arrow_schema())
     assert output.counters["pairs_judged"] == output.counters["pairs_dropped_no_verdict"] == 6

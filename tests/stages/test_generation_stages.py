@@ -7,7 +7,7 @@ from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
 from fspo_data.stages import personas, questions, responses
 from fspo_data.stages.base import ShardSpec, StageContext
-from tests.conftest import ScriptedBackend, echo_text, write_stage
+from tests.conftest import ScriptedBackend, echo_text, tables
 
 
 def test_traits_are_seeded_and_cover_every_attribute():
@@ -70,7 +70,7 @@ def test_short_contradicting_and_duplicate_descriptions_are_regenerated(tmp_path
         return echo_text(request).model_copy(update={"text": answers[user][attempt]})
 
     spec = ShardSpec(stage="personas", domain="roleplay", index=0, start=0, stop=4)
-    output = personas.run(spec, StageContext(config=config, backend=ScriptedBackend(script)))
+    output = personas.run(spec, {}, StageContext(config=config, backend=ScriptedBackend(script)))
     assert sorted(p.index for p in output.records) == [0, 1, 2]
     assert asked == {0: 2, 1: 1, 2: 2, 3: 3}  # user 3 fails all max_attempts=3 tries
     assert output.counters["personas_rejected_short"] == 1
@@ -83,7 +83,7 @@ def test_short_contradicting_and_duplicate_descriptions_are_regenerated(tmp_path
 def test_templated_domains_describe_users_without_the_model(tmp_path):
     config = JobConfig(run_dir=tmp_path, domains=["review"], counts={"users": 3})
     spec = ShardSpec(stage="personas", domain="review", index=0, start=0, stop=3)
-    output = personas.run(spec, StageContext(config=config))
+    output = personas.run(spec, {}, StageContext(config=config))
     assert len(output.records) == 3
     assert all(p.persona_description.startswith("This user prefers") for p in output.records)
 
@@ -99,9 +99,9 @@ def test_responses_shard_writes_one_candidate_per_view(tmp_path):
         trait_varied="cooking",
         question_type="r",
     )
-    write_stage(tmp_path, "questions", "roleplay-00000", [question])
     spec = ShardSpec(stage="responses", domain="roleplay", index=0, start=0, stop=1)
-    output = responses.run(spec, StageContext(config=config, backend=ScriptedBackend(echo_text)))
+    context = StageContext(config=config, backend=ScriptedBackend(echo_text))
+    output = responses.run(spec, tables(questions=[question]), context)
     assert len(output.records) == 2
     assert len({r.view for r in output.records}) == 2
     assert len({r.response_uuid for r in output.records}) == 2
@@ -146,7 +146,7 @@ def test_questions_that_come_back_as_answers_are_asked_again(tmp_path):
     )
     backend = ScriptedBackend(lambda r: Completion(text=next(replies)))
     spec = ShardSpec(stage="questions", domain="roleplay", index=0, start=0, stop=2)
-    output = questions.run(spec, StageContext(config=config, backend=backend))
+    output = questions.run(spec, {}, StageContext(config=config, backend=backend))
     assert [q.question for q in output.records] == [
         "Which board game suits six players?",
         "Which tea suits a cold morning?",

@@ -13,7 +13,7 @@ from fspo_data.domains import load_domain
 from fspo_data.pipeline.consistency import consistency
 from fspo_data.stages import judge
 from fspo_data.stages.base import ShardSpec, StageContext
-from tests.conftest import ScriptedBackend, write_stage
+from tests.conftest import ScriptedBackend, tables
 
 STRICT = JudgeConfig(mode="strict")
 CALIBRATED = JudgeConfig(mode="calibrated", min_margin=0.1)
@@ -113,7 +113,6 @@ def test_judge_shard_unswaps_and_picks_the_good_response_in_both_slots(tmp_path)
         traits=[],
         persona_description="likes GOOD things",
     )
-    write_stage(tmp_path, "personas", "roleplay-00000", [persona])
     questions = [
         Question(
             question_uuid=f"q{i}",
@@ -126,11 +125,10 @@ def test_judge_shard_unswaps_and_picks_the_good_response_in_both_slots(tmp_path)
         )
         for i in range(2)
     ]
-    write_stage(tmp_path, "questions", "roleplay-00000", questions)
-    write_stage(tmp_path, "responses", "roleplay-00000", _responses(2, 3))
+    inputs = tables(personas=[persona], questions=questions, responses=_responses(2, 3))
     backend = ScriptedBackend(biased_judge_preferring_good)
     spec = ShardSpec(stage="judge", domain="roleplay", index=0, start=0, stop=1)
-    output = judge.run(spec, StageContext(config=config, backend=backend))
+    output = judge.run(spec, inputs, StageContext(config=config, backend=backend))
     with_good = [j for j in output.records if "GOOD" in (j.chosen + j.rejected)]
     assert with_good, "the fixture should put GOOD in some pairs"
     assert all(j.chosen == "GOOD" for j in with_good if j.kept)
@@ -170,7 +168,6 @@ def _views_run(tmp_path, refine_rounds: int):
     persona = Persona(
         persona_uuid="u0", domain="roleplay", index=0, traits=[], persona_description="A user."
     )
-    write_stage(tmp_path, "personas", "roleplay-00000", [persona])
     questions = [
         Question(
             question_uuid=f"q{i}",
@@ -183,7 +180,6 @@ def _views_run(tmp_path, refine_rounds: int):
         )
         for i in range(2)
     ]
-    write_stage(tmp_path, "questions", "roleplay-00000", questions)
     responses = [
         Response(
             response_uuid=f"r{q}{v}",
@@ -197,14 +193,15 @@ def _views_run(tmp_path, refine_rounds: int):
         for q in range(2)
         for v in ("V0", "V1", "V2")
     ]
-    write_stage(tmp_path, "responses", "roleplay-00000", responses)
+    inputs = tables(personas=[persona], questions=questions, responses=responses)
     spec = ShardSpec(stage="judge", domain="roleplay", index=0, start=0, stop=1)
     backend = ScriptedBackend(judge_following_stated_preferences)
-    return judge.run(spec, StageContext(config=config, backend=backend)), backend, config
+    context = StageContext(config=config, backend=backend)
+    return judge.run(spec, inputs, context), backend, config, inputs
 
 
 def test_refinement_states_preferences_relabels_and_lowers_label_entropy(tmp_path):
-    output, backend, config = _views_run(tmp_path, refine_rounds=2)
+    output, backend, config, _ = _views_run(tmp_path, refine_rounds=2)
     records = output.records
     assert len(records) == 6 and all(j.kept and j.refined for j in records)
     assert output.counters["stated_preferences_added"] == 3
@@ -223,7 +220,7 @@ def test_refinement_states_preferences_relabels_and_lowers_label_entropy(tmp_pat
 
 
 def test_without_refinement_the_unsettled_pairs_are_dropped(tmp_path):
-    output, backend, _ = _views_run(tmp_path, refine_rounds=0)
+    output, backend, _, _ = _views_run(tmp_path, refine_rounds=0)
     assert len(backend.requests) == 12
     assert not any(j.kept for j in output.records)
     assert output.counters["pairs_dropped_low_margin"] == 6

@@ -1,10 +1,10 @@
 from fspo_data.core.chat import Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import Episode, RatEpisode, Shot
-from fspo_data.stages import rationales
+from fspo_data.stages import plan_shards, rationales
 from fspo_data.stages.base import ShardSpec, StageContext
 from fspo_data.stages.episodes import format_completion, format_prompt
-from tests.conftest import ScriptedBackend, write_stage
+from tests.conftest import ScriptedBackend, tables
 
 # The public FSPO trainer's RAT format, written out by hand.
 EXPECTED_RAT_PROMPT = (
@@ -39,11 +39,11 @@ def _episode(uuid: str) -> Episode:
 
 def test_rationale_stage_writes_rat_prompt_and_targets(tmp_path):
     config = JobConfig(run_dir=tmp_path, stages={"rationales": {"enabled": True}})
-    write_stage(tmp_path, "episodes", "roleplay-00000", [_episode("e1"), _episode("e2")])
     texts = iter(["The user likes   plain, good answers.", "short"])
     backend = ScriptedBackend(lambda r: Completion(text=next(texts)))
     spec = ShardSpec(stage="rationales", domain="roleplay", index=0, start=0, stop=1)
-    output = rationales.run(spec, StageContext(config=config, backend=backend))
+    inputs = tables(episodes=[_episode("e1"), _episode("e2")])
+    output = rationales.run(spec, inputs, StageContext(config=config, backend=backend))
     (record,) = output.records
     assert isinstance(record, RatEpisode) and record.episode_uuid == "e1"
     assert output.counters["rationales_dropped_short"] == 1
@@ -57,6 +57,6 @@ def test_rationale_stage_writes_rat_prompt_and_targets(tmp_path):
 
 
 def test_rationale_stage_plans_nothing_unless_enabled(tmp_path):
-    assert rationales.plan(JobConfig(run_dir=tmp_path)) == []
+    assert plan_shards(rationales.STAGE, JobConfig(run_dir=tmp_path)) == []
     enabled = JobConfig(run_dir=tmp_path, stages={"rationales": {"enabled": True}})
-    assert rationales.plan(enabled)
+    assert plan_shards(rationales.STAGE, enabled)
