@@ -3,8 +3,9 @@
 - flip rate: share of pairs where the same slot won in both orders (the verdict depends on
   the order; the strict rule drops these);
 - label entropy: the judge's uncertainty about each label, H(sigmoid(debiased margin)) in
-  nats, averaged over a user's pairs, then over users; before refinement (the first pass)
-  and after (the final labels). 0 is certain, ln 2 = 0.693 a coin flip. Paper: 0.64 -> 0.13;
+  nats (`judging.verdict_entropy`), averaged over a user's pairs, then over users; before
+  refinement (the first pass) and after (the final labels). 0 is certain, ln 2 = 0.693 a coin
+  flip. Paper: 0.64 -> 0.13;
 - flagged users: users whose labels agree with another user's on more than a threshold of
   shared pairs (near-duplicate labellers).
 
@@ -25,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fspo_data.core.config import JudgeConfig
+from fspo_data.judging import verdict_entropy
 
 HISTOGRAM_EDGES = [-2.0, -1.0, -0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0]
 STAT_COLUMNS = [
@@ -138,11 +140,6 @@ class Tally:
         )
 
 
-def _entropy(margin: pl.Expr) -> pl.Expr:
-    p = 1.0 / (1.0 + (-margin.abs()).exp())
-    return -(p * p.log() + (1 - p) * (1 - p).log())
-
-
 def _bucket(margin: pl.Expr) -> pl.Expr:
     """np.histogram's bin over HISTOGRAM_EDGES of the margin clipped to [-2, 2]."""
     clipped = margin.clip(HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
@@ -162,8 +159,8 @@ def _queries(frame: pl.LazyFrame, key: str) -> list[pl.LazyFrame]:
     users = (
         frame.group_by(key, "persona_uuid")
         .agg(
-            before=_entropy(pl.col("initial_debiased_margin")).mean(),
-            after=_entropy(pl.col("debiased_margin")).mean(),
+            before=verdict_entropy(pl.col("initial_debiased_margin")).mean(),
+            after=verdict_entropy(pl.col("debiased_margin")).mean(),
         )
         .group_by(key)
         .agg(users=pl.len(), before=pl.col("before").sum(), after=pl.col("after").sum())
