@@ -269,9 +269,7 @@ def committed_files(run_dir: Path, stage: str, require_manifest: bool = True) ->
     return [] if require_manifest else sorted(stage_dir.glob("[!.]*.parquet"))
 
 
-def scan_committed(
-    run_dir: Path, stage: str, require_manifest: bool = True
-) -> list[pl.LazyFrame]:
+def scan_committed(run_dir: Path, stage: str, require_manifest: bool = True) -> list[pl.LazyFrame]:
     """One lazy polars scan per committed shard (`committed_files`), for streaming statistics
     that go shard by shard."""
     return [pl.scan_parquet(path) for path in committed_files(run_dir, stage, require_manifest)]

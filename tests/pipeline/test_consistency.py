@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from fspo_data.core.config import JudgeConfig
-from fspo_data.personas.diversity import agreement_matrix, near_duplicate_labellers
+from fspo_data.personas.diversity import Agreement, agreement_matrix
 from fspo_data.pipeline import consistency as stats
 
 SETTINGS = JudgeConfig(flag_agreement=0.9, flag_min_shared=4)
@@ -21,6 +21,13 @@ def random_labels(seed: int, users: int = 60, items: int = 40, per_user: int = 1
     copies = user <= 5
     chose_first[copies] = taste[item[copies]]
     return user, item, chose_first
+
+
+def near_duplicates_in(agreement: Agreement, threshold: float, min_shared: int) -> np.ndarray:
+    """The rule brute force, on the full (users x users) matrices: a reference for the test."""
+    close = (agreement.shared >= min_shared) & (np.nan_to_num(agreement.agreement) > threshold)
+    np.fill_diagonal(close, False)
+    return np.flatnonzero(close.any(axis=1))
 
 
 def judgments(user, item, chose_first, domain="roleplay", margin=None) -> pl.DataFrame:
@@ -49,7 +56,7 @@ def judgments(user, item, chose_first, domain="roleplay", margin=None) -> pl.Dat
 @pytest.mark.parametrize("seed", range(5))
 def test_flagged_users_agree_with_the_agreement_matrix(seed):
     user, item, chose_first = random_labels(seed)
-    expected = near_duplicate_labellers(
+    expected = near_duplicates_in(
         agreement_matrix(user, item, chose_first, 60),
         SETTINGS.flag_agreement,
         SETTINGS.flag_min_shared,
