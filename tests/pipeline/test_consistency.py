@@ -110,3 +110,17 @@ def test_overall_merges_the_domains():
             assert value == whole[key], key
     assert by_domain["review"].drop_reasons["no_verdict"] == 3
     assert by_domain["roleplay"].pairs_judged == a.height
+
+
+def test_users_shown_a_pair_in_opposite_orders_share_it():
+    user, item, chose_first = random_labels(3)
+    frame = judgments(user, item, chose_first, margin=np.ones(len(user)))
+    found = stats.consistency(frame, 0, SETTINGS).flagged_users
+    # Every odd user sees each pair the other way round, with the same preference.
+    odd = pl.col("persona_uuid").str.slice(-1).cast(pl.Int32) % 2 == 1
+    x, y = pl.col("response_x_uuid"), pl.col("response_y_uuid")
+    swapped = frame.with_columns(
+        response_x_uuid=pl.when(odd).then(y).otherwise(x),
+        response_y_uuid=pl.when(odd).then(x).otherwise(y),
+    )
+    assert found and stats.consistency(swapped, 0, SETTINGS).flagged_users == found
