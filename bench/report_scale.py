@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fspo_data.core.config import JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Response
 from fspo_data.personas.taxonomy import load_taxonomy
 from fspo_data.pipeline.report import build_report, headline_figures
@@ -127,6 +128,7 @@ def judgments(run_dir: Path, n: int, q: int, per_user: int, rng: np.random.Gener
     columns = {
         "judgment_uuid": np.char.add("j", np.arange(len(user)).astype(str)),
         "persona_uuid": np.char.add("p", user.astype(str)),
+        "domain": ["roleplay"] * len(user),
         "question_uuid": np.char.add("q", question.astype(str)),
         "response_x_uuid": x,
         "response_y_uuid": y,
@@ -161,7 +163,9 @@ def main() -> None:
     )
     try:
         start = time.perf_counter()
-        result = build_report(run_dir, embedder=embedder, sample_size=args.sample_size)
+        result = build_report(
+            run_dir, embedder=embedder, sample_size=args.sample_size, flag_settings=JudgeConfig()
+        )
         total = time.perf_counter() - start
     finally:
         if args.keep is None:

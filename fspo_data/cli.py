@@ -69,7 +69,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = load_config(args.run_dir / "config.yaml")
     embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
-    result = build_report(args.run_dir, embedder, sample_size=args.sample_size, seed=config.seed)
+    result = build_report(
+        args.run_dir,
+        embedder,
+        sample_size=args.sample_size,
+        seed=config.seed,
+        flag_settings=config.stages.judge,
+    )
     for name, value in headline_figures(result).items():
         print(f"{name:>32}  {value:.4g}")
     print(f"wrote {result.html_path} and {result.json_path}")

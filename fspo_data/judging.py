@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
+import polars as pl
 
 from fspo_data.core.chat import ChatMessage, ChatRequest, Completion
 from fspo_data.core.config import JudgeConfig
@@ -116,10 +117,16 @@ def vote_margin(completions: list[Completion]) -> float | None:
     return math.log((n_a + 0.5) / (n_b + 0.5))
 
 
-def verdict_entropy(debiased_margin: float) -> float:
-    """Binary entropy (nats) of p = sigmoid(margin): the judge's uncertainty about a label."""
-    p = 1.0 / (1.0 + math.exp(-abs(debiased_margin)))
-    return -(p * math.log(p) + (1 - p) * math.log1p(-p))
+def verdict_entropy(debiased_margin: pl.Expr) -> pl.Expr:
+    """Binary entropy (nats) of p = sigmoid(margin): the judge's uncertainty about a label.
+
+    0 for a certain label, ln 2 for a coin flip (margin 0). Written as
+    H = log1p(exp(-a)) + a * sigmoid(-a) with a = |margin|, the same value as
+    -(p log p + (1 - p) log(1 - p)) without its 0 * log 0 once p rounds to 1 (a > ~37).
+    """
+    a = debiased_margin.abs()
+    tail = (-a).exp()
+    return tail.log1p() + a * tail / (1 + tail)
 
 
 def letter_margin(completion: Completion) -> float | None:

@@ -7,12 +7,12 @@ import pytest
 import ray
 
 from fspo_data.core.config import load_config
+from fspo_data.core.fspo_format import format_prompt
 from fspo_data.core.records import Episode, Judgment
 from fspo_data.core.shards import load_manifest
 from fspo_data.pipeline.orchestrator import run_job
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import records_from_table
-from fspo_data.stages.episodes import format_prompt
 from tests.conftest import TESTS_DIR
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

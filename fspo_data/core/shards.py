@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
@@ -202,9 +203,14 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _listed_files(stage_dir: Path, manifest: Manifest, prefix: str = "") -> list[Path]:
+    """The files of the shards `manifest` lists whose name starts with `prefix`, in name order."""
+    return [stage_dir / e.file for n, e in sorted(manifest.shards.items()) if n.startswith(prefix)]
+
+
 def read_tables(stage_dir: Path, manifest: Manifest, prefix: str = "") -> pa.Table:
     """Concatenate the committed shards whose name starts with `prefix` (e.g. a domain)."""
-    files = [stage_dir / e.file for n, e in sorted(manifest.shards.items()) if n.startswith(prefix)]
+    files = _listed_files(stage_dir, manifest, prefix)
     if not files:
         raise FileNotFoundError(f"{stage_dir}: no committed shards matching {prefix!r}")
     return pa.concat_tables([pq.read_table(f) for f in files])
@@ -227,25 +233,43 @@ def read_committed(run_dir: Path, stage: str, prefix: str = "") -> pa.Table:
     return read_tables(stage_dir, manifest, prefix)
 
 
+def committed_entries(run_dir: Path, stage: str) -> dict[str, ShardEntry]:
+    """Shard name -> entry of the stage's committed shards, in name order; {} without a manifest."""
+    manifest = load_manifest(Path(run_dir) / stage)
+    return {} if manifest is None else dict(sorted(manifest.shards.items()))
+
+
+def committed_files(run_dir: Path, stage: str, require_manifest: bool = True) -> list[Path]:
+    """The stage's committed shard files, in name order; [] if there are none.
+
+    Only the shards a manifest lists count (a killed run may leave others). Without
+    `require_manifest`, a folder with no manifest (a hand-made one) gives every visible
+    Parquet file.
+    """
+    stage_dir = Path(run_dir) / stage
+    if not stage_dir.is_dir():
+        return []
+    manifest = load_manifest(stage_dir)
+    if manifest is not None:
+        return _listed_files(stage_dir, manifest)
+    return [] if require_manifest else sorted(stage_dir.glob("[!.]*.parquet"))
+
+
+def scan_committed(run_dir: Path, stage: str, require_manifest: bool = True) -> list[pl.LazyFrame]:
+    """One lazy polars scan per committed shard (`committed_files`), for streaming statistics
+    that go shard by shard."""
+    return [pl.scan_parquet(path) for path in committed_files(run_dir, stage, require_manifest)]
+
+
 # Where a run's final episodes are: the RAT stage's output when it ran, else `episodes/`.
 # Export and the trainer read through `final_episode_files`, so both see the same shards.
 EPISODE_STAGES_NEWEST_FIRST = ("rationales", "episodes")
 
 
 def final_episode_files(run_dir: Path, require_manifest: bool = True) -> list[Path]:
-    """Committed shards of the newest episode stage, in name order; [] if there are none.
-
-    Only the shards a manifest lists count (a killed run may leave others). Without
-    `require_manifest`, a folder with no manifest (a hand-made one) gives every visible
-    Parquet file.
-    """
+    """Committed shards of the newest episode stage that has any (`committed_files`)."""
     for stage in EPISODE_STAGES_NEWEST_FIRST:
-        stage_dir = Path(run_dir) / stage
-        manifest = load_manifest(stage_dir) if stage_dir.is_dir() else None
-        if manifest is not None and manifest.shards:
-            return [stage_dir / entry.file for _, entry in sorted(manifest.shards.items())]
-        if manifest is None and stage_dir.is_dir() and not require_manifest:
-            files = sorted(stage_dir.glob("[!.]*.parquet"))
-            if files:
-                return files
+        files = committed_files(run_dir, stage, require_manifest)
+        if files:
+            return files
     return []

@@ -246,18 +246,12 @@ def agreement_matrix(
     return Agreement(agreement=agreement, shared=shared.astype(np.int64))
 
 
-def near_duplicate_labellers(agreement: Agreement, threshold: float, min_shared: int) -> np.ndarray:
-    """(k,) indices of users whose agreement with some other user, on at least `min_shared`
-    shared items, exceeds `threshold`: labellers that add no new preferences."""
-    close = (agreement.shared >= min_shared) & (np.nan_to_num(agreement.agreement) > threshold)
-    np.fill_diagonal(close, False)
-    return np.flatnonzero(close.any(axis=1))
-
-
-def label_entropy(n_chose_first: np.ndarray, n_labels: np.ndarray) -> np.ndarray:
+def cross_user_label_entropy(n_chose_first: np.ndarray, n_labels: np.ndarray) -> np.ndarray:
     """Binary entropy in nats of the share of users choosing a pair's first response.
 
     n_chose_first, n_labels: (p,) per pair. 0 when all users agree, ln 2 for a 50/50 split.
+    How much users disagree about a pair; not the judge's uncertainty about one label
+    (`judging.verdict_entropy`, the run summary's label entropy).
     """
     share = n_chose_first / n_labels
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -3,8 +3,9 @@
 - flip rate: share of pairs where the same slot won in both orders (the verdict depends on
   the order; the strict rule drops these);
 - label entropy: the judge's uncertainty about each label, H(sigmoid(debiased margin)) in
-  nats, averaged over a user's pairs, then over users; before refinement (the first pass)
-  and after (the final labels). 0 is certain, ln 2 = 0.693 a coin flip. Paper: 0.64 -> 0.13;
+  nats (`judging.verdict_entropy`), averaged over a user's pairs, then over users; before
+  refinement (the first pass) and after (the final labels). 0 is certain, ln 2 = 0.693 a coin
+  flip. Paper: 0.64 -> 0.13;
 - flagged users: users whose labels agree with another user's on more than a threshold of
   shared pairs (near-duplicate labellers).
 
@@ -25,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fspo_data.core.config import JudgeConfig
+from fspo_data.judging import verdict_entropy
 
 HISTOGRAM_EDGES = [-2.0, -1.0, -0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0]
 STAT_COLUMNS = [
@@ -41,6 +43,15 @@ STAT_COLUMNS = [
     "kept",
     "drop_reason",
     "difficulty",
+]
+# What the near-duplicate check reads.
+FLAG_COLUMNS = [
+    "persona_uuid",
+    "domain",
+    "response_x_uuid",
+    "response_y_uuid",
+    "chosen_uuid",
+    "kept",
 ]
 # Domains with more users are checked for near-duplicate labellers on a seeded sample of
 # this many users (each against everyone): exact checking is quadratic in users.
@@ -138,11 +149,6 @@ class Tally:
         )
 
 
-def _entropy(margin: pl.Expr) -> pl.Expr:
-    p = 1.0 / (1.0 + (-margin.abs()).exp())
-    return -(p * p.log() + (1 - p) * (1 - p).log())
-
-
 def _bucket(margin: pl.Expr) -> pl.Expr:
     """np.histogram's bin over HISTOGRAM_EDGES of the margin clipped to [-2, 2]."""
     clipped = margin.clip(HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
@@ -162,8 +168,8 @@ def _queries(frame: pl.LazyFrame, key: str) -> list[pl.LazyFrame]:
     users = (
         frame.group_by(key, "persona_uuid")
         .agg(
-            before=_entropy(pl.col("initial_debiased_margin")).mean(),
-            after=_entropy(pl.col("debiased_margin")).mean(),
+            before=verdict_entropy(pl.col("initial_debiased_margin")).mean(),
+            after=verdict_entropy(pl.col("debiased_margin")).mean(),
         )
         .group_by(key)
         .agg(users=pl.len(), before=pl.col("before").sum(), after=pl.col("after").sum())
@@ -211,14 +217,18 @@ def tallies(frame: pl.LazyFrame, key: str) -> dict[str, Tally]:
 
 def _labels(part: pl.LazyFrame, key: str) -> pl.LazyFrame:
     """Kept labels: group, persona_uuid, user and item (the candidate pair) as 64-bit hashes,
-    chose_first. Hashes make the joins and groupings integer work; a collision (odds ~1e-8 at
-    a million pairs) could only merge the counts of two pairs or two users."""
+    chose_first. A pair is unordered: its responses are named in a canonical order, so two
+    users shown it in opposite orders share it. Hashes make the joins and groupings integer
+    work; a collision (odds ~1e-8 at a million pairs) could only merge the counts of two pairs
+    or two users."""
+    first = pl.min_horizontal("response_x_uuid", "response_y_uuid")
+    second = pl.max_horizontal("response_x_uuid", "response_y_uuid")
     return part.filter(pl.col("kept")).select(
         key,
         "persona_uuid",
         pl.col("persona_uuid").hash().alias("user"),
-        pl.concat_str("response_x_uuid", "response_y_uuid", separator="|").hash().alias("item"),
-        (pl.col("chosen_uuid") == pl.col("response_x_uuid")).alias("chose_first"),
+        pl.concat_str(first, second, separator="|").hash().alias("item"),
+        (pl.col("chosen_uuid") == first).alias("chose_first"),
     )
 
 
@@ -244,9 +254,10 @@ def flagged_users(
 ) -> dict[str, tuple[list[str], int]]:
     """Per group: the checked users whose labels agree with another user's on more than
     `flag_agreement` of at least `flag_min_shared` shared candidate pairs, and how many users
-    were checked. The rule of `personas.diversity.near_duplicate_labellers`, without its
-    (users x users) matrices: the checked users' labels meet each shard's labels on the same
-    pairs, and a partner's counts are complete within its shard."""
+    were checked. The one near-duplicate rule: the run summary, the diversity report and the
+    dataset card all take their flagged users from here. No (users x users) matrix: the
+    checked users' labels meet each shard's labels on the same pairs, and a partner's counts
+    are complete within its shard."""
     labels = [_labels(part, key) for part in parts]
     checked = checked_users(labels, key)
     theirs = pl.concat(
@@ -275,10 +286,17 @@ def flagged_users(
     }
 
 
-def _parts(judgments: Judgments) -> list[pl.LazyFrame]:
+def near_duplicate_labellers(judgments: Judgments, settings: JudgeConfig) -> list[str]:
+    """Every domain's flagged users (`flagged_users`), sorted: the run summary's "overall"
+    list, for the diversity report and the dataset card."""
+    by_domain = flagged_users(_parts(judgments, FLAG_COLUMNS), "domain", settings)
+    return sorted(user for users, _ in by_domain.values() for user in users)
+
+
+def _parts(judgments: Judgments, columns: list[str] = STAT_COLUMNS) -> list[pl.LazyFrame]:
     if isinstance(judgments, pl.DataFrame | pl.LazyFrame):
         judgments = [judgments.lazy()]
-    return [part.select(STAT_COLUMNS) for part in judgments]
+    return [part.select(columns) for part in judgments]
 
 
 def _tallies(parts: list[pl.LazyFrame], key: str, settings: JudgeConfig) -> dict[str, Tally]:

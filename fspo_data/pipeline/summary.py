@@ -9,13 +9,17 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
 from fspo_data.core.config import JudgeConfig
-from fspo_data.core.shards import Manifest, atomic_write_bytes, load_manifest
+from fspo_data.core.shards import (
+    Manifest,
+    atomic_write_bytes,
+    committed_entries,
+    scan_committed,
+)
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
 
 
@@ -93,14 +97,13 @@ def write_summary(run_dir: Path, summary: RunSummary) -> None:
 
 def summarize_judgments(run_dir: Path, settings: JudgeConfig) -> dict[str, Consistency]:
     """Label statistics from a streaming scan of the committed judge shards (no texts read)."""
-    manifest = load_manifest(run_dir / "judge")
-    if manifest is None or manifest.rows == 0:
+    entries = committed_entries(run_dir, "judge")
+    if not any(entry.rows for entry in entries.values()):
         return {}
-    shards = [pl.scan_parquet(run_dir / "judge" / e.file) for e in manifest.shards.values()]
     no_verdict: Counter[str] = Counter()
-    for name, entry in manifest.shards.items():
+    for name, entry in entries.items():
         no_verdict[name.rsplit("-", 1)[0]] += entry.counters.get("pairs_dropped_no_verdict", 0)
-    return consistency_by_domain(shards, dict(no_verdict), settings)
+    return consistency_by_domain(scan_committed(run_dir, "judge"), dict(no_verdict), settings)
 
 
 def render(summary: RunSummary, console: Console | None = None) -> None:

@@ -13,14 +13,14 @@ episode ids (blake2b) are made row by row.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fspo_data.core.config import JobConfig
+from fspo_data.core.fspo_format import completion_column, prompt_column
 from fspo_data.core.records import (
     Episode,
     Judgment,
@@ -43,68 +43,7 @@ from fspo_data.stages.base import (
     records_from_table,
 )
 
-TASK_LINE = "Given the examples above, generate a preferred response to the following question."
 SHOT_FIELDS = ("judgment_uuid", "question", "chosen", "rejected")
-# What Python's str.strip() removes (str.isspace), so Arrow trims what format_prompt strips.
-PY_WHITESPACE = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-
-
-class ShotText(Protocol):
-    question: str
-    chosen: str
-    rejected: str
-
-
-def format_prompt(shots: Sequence[ShotText], question: str, task_line: str = TASK_LINE) -> str:
-    """The FSPO few-shot prompt (DESIGN.md section 5), byte for byte, no chat template;
-    `task_line` is replaced for the rationalization (RAT) variant."""
-    blocks = [
-        f"# Example {i}\n## Question \n{s.question.strip()}\n"
-        f"## Preferred Response \n{s.chosen.strip()}\n"
-        f"## Dispreferred Response \n{s.rejected.strip()}\n\n"
-        for i, s in enumerate(shots, start=1)
-    ]
-    return "".join(blocks) + f"# Task\n{task_line}\n## Question \n{question.strip()}\n"
-
-
-def format_completion(response: str) -> str:
-    """A chosen/rejected target; the trainer's tokenizer appends EOS."""
-    return f"## Preferred Response \n{response.strip()}\n"
-
-
-def _strip(texts: pa.Array) -> pa.Array:
-    return pc.utf8_trim(texts, characters=PY_WHITESPACE)
-
-
-def prompt_column(shots: pa.ListArray, question: pa.Array) -> pa.Array:
-    """(e,) `format_prompt` of each episode's shots (list of structs) and query question."""
-    flat = shots.flatten()
-    offsets = shots.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    position = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths) + 1
-    blocks = pc.binary_join_element_wise(
-        "# Example ",
-        pc.cast(pa.array(position), pa.string()),
-        "\n## Question \n",
-        _strip(flat.field("question")),
-        "\n## Preferred Response \n",
-        _strip(flat.field("chosen")),
-        "\n## Dispreferred Response \n",
-        _strip(flat.field("rejected")),
-        "\n\n",
-        "",
-    )
-    examples = pc.binary_join(pa.ListArray.from_arrays(shots.offsets, blocks), "")
-    task = f"# Task\n{TASK_LINE}\n## Question \n"
-    return pc.binary_join_element_wise(examples, task, _strip(question), "\n", "")
-
-
-def completion_column(responses: pa.Array) -> pa.Array:
-    """(e,) `format_completion` of each response."""
-    return pc.binary_join_element_wise("## Preferred Response \n", _strip(responses), "\n", "")
 
 
 def held_out(seed: int, kind: str, uuid: str, fraction: float) -> bool:

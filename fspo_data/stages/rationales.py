@@ -11,6 +11,7 @@ from collections import Counter
 
 from fspo_data.core.chat import ChatRequest, complete_all
 from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.fspo_format import format_rat_completion, format_rat_prompt
 from fspo_data.core.records import Episode, RatEpisode, Shot, derived_seed
 from fspo_data.prompts import render
 from fspo_data.stages.base import (
@@ -23,12 +24,7 @@ from fspo_data.stages.base import (
     config_slice,
     records_from_table,
 )
-from fspo_data.stages.episodes import format_completion, format_prompt
 
-RAT_TASK_LINE = (
-    "Generate a user description based on the examples above. "
-    "Then, generate a preferred response to the following question."
-)
 MIN_RATIONALE_CHARS = 20
 
 
@@ -54,13 +50,12 @@ def parse_rationale(text: str) -> str | None:
 
 
 def with_rationale(episode: Episode, rationale: str) -> RatEpisode:
-    description = f"## User Description\n{rationale}\n"
     return RatEpisode(
         **episode.model_dump(),
         rationale=rationale,
-        rat_prompt=format_prompt(episode.shots, episode.query_question, task_line=RAT_TASK_LINE),
-        rat_chosen=description + format_completion(episode.query_chosen),
-        rat_rejected=description + format_completion(episode.query_rejected),
+        rat_prompt=format_rat_prompt(episode.shots, episode.query_question),
+        rat_chosen=format_rat_completion(rationale, episode.query_chosen),
+        rat_rejected=format_rat_completion(rationale, episode.query_rejected),
     )
 
 

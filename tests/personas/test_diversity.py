@@ -136,18 +136,8 @@ def test_agreement_matrix_refuses_two_labels_for_one_user_item() -> None:
         dv.agreement_matrix(np.array([0, 0]), np.array([1, 1]), np.array([True, False]), 1)
 
 
-def test_near_duplicate_labellers_need_enough_shared_pairs() -> None:
-    agreement = dv.Agreement(
-        agreement=np.array([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.5, 1.0, 1.0]]),
-        shared=np.array([[9, 9, 9], [9, 9, 2], [9, 2, 9]]),
-    )
-    # Users 0 and 1 agree fully on 9 pairs; 1 and 2 as well, but on only 2 pairs.
-    assert dv.near_duplicate_labellers(agreement, 0.95, min_shared=5).tolist() == [0, 1]
-    assert dv.near_duplicate_labellers(agreement, 0.95, min_shared=1).tolist() == [0, 1, 2]
-
-
-def test_label_entropy() -> None:
-    entropy = dv.label_entropy(np.array([1, 3, 0, 1]), np.array([2, 3, 4, 4]))
+def test_cross_user_label_entropy() -> None:
+    entropy = dv.cross_user_label_entropy(np.array([1, 3, 0, 1]), np.array([2, 3, 4, 4]))
     h_quarter = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     np.testing.assert_allclose(entropy, [math.log(2), 0.0, 0.0, h_quarter])
 

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from fspo_data.core.config import JudgeConfig
-from fspo_data.personas.diversity import agreement_matrix, near_duplicate_labellers
+from fspo_data.personas.diversity import Agreement, agreement_matrix
 from fspo_data.pipeline import consistency as stats
 
 SETTINGS = JudgeConfig(flag_agreement=0.9, flag_min_shared=4)
@@ -21,6 +21,13 @@ def random_labels(seed: int, users: int = 60, items: int = 40, per_user: int = 1
     copies = user <= 5
     chose_first[copies] = taste[item[copies]]
     return user, item, chose_first
+
+
+def near_duplicates_in(agreement: Agreement, threshold: float, min_shared: int) -> np.ndarray:
+    """The rule brute force, on the full (users x users) matrices: a reference for the test."""
+    close = (agreement.shared >= min_shared) & (np.nan_to_num(agreement.agreement) > threshold)
+    np.fill_diagonal(close, False)
+    return np.flatnonzero(close.any(axis=1))
 
 
 def judgments(user, item, chose_first, domain="roleplay", margin=None) -> pl.DataFrame:
@@ -49,7 +56,7 @@ def judgments(user, item, chose_first, domain="roleplay", margin=None) -> pl.Dat
 @pytest.mark.parametrize("seed", range(5))
 def test_flagged_users_agree_with_the_agreement_matrix(seed):
     user, item, chose_first = random_labels(seed)
-    expected = near_duplicate_labellers(
+    expected = near_duplicates_in(
         agreement_matrix(user, item, chose_first, 60),
         SETTINGS.flag_agreement,
         SETTINGS.flag_min_shared,
@@ -103,3 +110,17 @@ def test_overall_merges_the_domains():
             assert value == whole[key], key
     assert by_domain["review"].drop_reasons["no_verdict"] == 3
     assert by_domain["roleplay"].pairs_judged == a.height
+
+
+def test_users_shown_a_pair_in_opposite_orders_share_it():
+    user, item, chose_first = random_labels(3)
+    frame = judgments(user, item, chose_first, margin=np.ones(len(user)))
+    found = stats.consistency(frame, 0, SETTINGS).flagged_users
+    # Every odd user sees each pair the other way round, with the same preference.
+    odd = pl.col("persona_uuid").str.slice(-1).cast(pl.Int32) % 2 == 1
+    x, y = pl.col("response_x_uuid"), pl.col("response_y_uuid")
+    swapped = frame.with_columns(
+        response_x_uuid=pl.when(odd).then(y).otherwise(x),
+        response_y_uuid=pl.when(odd).then(x).otherwise(y),
+    )
+    assert found and stats.consistency(swapped, 0, SETTINGS).flagged_users == found

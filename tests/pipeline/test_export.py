@@ -12,20 +12,14 @@ import pytest
 import yaml
 
 from fspo_data.core.config import JobConfig, ModelConfig, dump_config
+from fspo_data.core.fspo_format import format_completion, format_prompt
 from fspo_data.core.records import Episode, Persona, Shot, Trait
 from fspo_data.core.shards import load_manifest, save_manifest
 from fspo_data.pipeline.consistency import Consistency
-from fspo_data.pipeline.export import (
-    ExportError,
-    export_run,
-    flatten,
-    size_category,
-    upload_export,
-    write_export,
-)
+from fspo_data.pipeline.dataset_card import flatten, size_category
+from fspo_data.pipeline.export import ExportError, export_run, upload_export, write_export
 from fspo_data.pipeline.report import CandidateFigures, DiversityReport, Histogram, TextFigures
 from fspo_data.pipeline.summary import RunSummary, StageSummary
-from fspo_data.stages.episodes import format_completion, format_prompt
 from tests.conftest import write_stage
 
 HF_SECRET = "hf_SECRETSECRET"

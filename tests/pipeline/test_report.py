@@ -8,12 +8,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from fspo_data.core.config import JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Record, Response, to_table
 from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
 from fspo_data.pipeline.report import ReportResult, build_report, headline_figures
 from tests.conftest import write_stage
 
 R = TypeVar("R", bound=Record)
+FLAGS = JudgeConfig()  # the job config's defaults: agreement above 0.95 on at least 5 pairs
 _EMPTY: dict[object, object] = {str: "", int: 0, float: 0.0, bool: False}
 
 
@@ -113,9 +115,13 @@ def judgments() -> list[Judgment]:
     return out + [judgment("u3", 9, 1, kept=False)]
 
 
-def write_parts(run_dir: Path, stage: str, records: list[Record]) -> None:
+# The judge writes all of a user's judgments into one shard.
+USERS_IN_FIRST_JUDGE_SHARD = 2
+
+
+def write_parts(run_dir: Path, stage: str, records: list[Record], half: int | None = None) -> None:
     (run_dir / stage).mkdir(parents=True)
-    half = len(records) // 2  # two shards, to check they are read together
+    half = len(records) // 2 if half is None else half  # two shards, read together
     for i, part in enumerate((records[:half], records[half:])):
         table = to_table(part, type(records[0]))
         pq.write_table(table, run_dir / stage / f"part-{i:05d}.parquet")
@@ -128,8 +134,10 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> ReportResult:
     write_parts(run_dir, "personas", personas())
     write_parts(run_dir, "questions", questions())
     write_parts(run_dir, "responses", responses())
-    write_parts(run_dir, "judge", judgments())
-    return build_report(run_dir, embedder=HashEmbedder(), sample_size=100, seed=0)
+    write_parts(run_dir, "judge", judgments(), half=USERS_IN_FIRST_JUDGE_SHARD * N_QUESTIONS)
+    return build_report(
+        run_dir, embedder=HashEmbedder(), sample_size=100, seed=0, flag_settings=FLAGS
+    )
 
 
 def test_report_figures_on_a_tiny_run(full_run: ReportResult) -> None:
@@ -190,8 +198,10 @@ def test_headline_figures(full_run: ReportResult) -> None:
 
 
 def test_missing_stages_are_skipped_and_no_embedder_is_loaded(tmp_path: Path) -> None:
-    write_parts(tmp_path, "judge", judgments())
-    result = build_report(tmp_path)  # no text stage, so the default embedder is never built
+    write_parts(tmp_path, "judge", judgments(), half=USERS_IN_FIRST_JUDGE_SHARD * N_QUESTIONS)
+    result = build_report(
+        tmp_path, flag_settings=FLAGS
+    )  # no text stage, so the default embedder is never built
     assert result.report.embedder == ""
     assert result.report.personas is None and result.report.candidates is None
     assert len(result.report.notes) == 3
@@ -203,7 +213,7 @@ def test_missing_stages_are_skipped_and_no_embedder_is_loaded(tmp_path: Path) ->
 
 def test_a_judge_stage_with_nothing_kept_is_skipped(tmp_path: Path) -> None:
     write_parts(tmp_path, "judge", [j.model_copy(update={"kept": False}) for j in judgments()])
-    report = build_report(tmp_path).report
+    report = build_report(tmp_path, flag_settings=FLAGS).report
     assert report.judgments is None
     assert "judge: no kept judgments; agreement and label entropy skipped" in report.notes
 
@@ -212,7 +222,7 @@ def test_only_shards_the_manifest_lists_are_read(tmp_path: Path) -> None:
     write_stage(tmp_path, "personas", "roleplay-00000", personas()[:3])
     stray = to_table(personas()[3:], Persona)
     pq.write_table(stray, tmp_path / "personas" / "roleplay-00001.parquet")  # not committed
-    result = build_report(tmp_path, embedder=HashEmbedder())
+    result = build_report(tmp_path, embedder=HashEmbedder(), flag_settings=FLAGS)
     assert result.report.personas.count == 3
 
 
@@ -223,7 +233,7 @@ def test_report_with_the_real_minilm_embedder(tmp_path: Path) -> None:
     embedder = make_embedder("minilm")
     assert embedder.embed([]).shape == (0, 384)
     write_parts(tmp_path, "personas", personas())
-    report = build_report(tmp_path, embedder=embedder).report
+    report = build_report(tmp_path, embedder=embedder, flag_settings=FLAGS).report
     assert report.embedder == "all-MiniLM-L6-v2"
     # The two identical descriptions are near-duplicates; the other two are not.
     assert report.personas.near_duplicate_rate == pytest.approx(0.5)

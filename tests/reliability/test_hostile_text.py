@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from fspo_data import judging
 from fspo_data.backends.openai_backend import parse_completion
+from fspo_data.core import fspo_format
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import (
@@ -39,7 +40,7 @@ from fspo_data.core.records import (
 from fspo_data.core.shards import Manifest, read_committed, save_manifest, write_shard
 from fspo_data.pipeline.orchestrator import execute_shard, run_job
 from fspo_data.prompts import PROMPT_DIR, render
-from fspo_data.stages import STAGES, episodes, plan_shards
+from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import StageContext, records_from_table
 from tests.backends.fake_openai_server import FakeOpenAIServer
 from tests.conftest import ScriptedBackend
@@ -152,20 +153,22 @@ def test_fspo_prompt_keeps_hostile_text_verbatim_and_its_format_intact() -> None
         for kind, text in HOSTILE.items()
     ]
     query = f"\r\n{HOSTILE['sections']}?\t"
-    prompt = episodes.format_prompt(shots, query)
+    prompt = fspo_format.format_prompt(shots, query)
     marker = "\ue000{}\ue000".format
     blanks = [
         Shot(judgment_uuid="", **{f: marker(f"{i}{f}") for f in TEXTS}) for i in range(len(shots))
     ]
-    skeleton = episodes.format_prompt(blanks, marker("query"))
+    skeleton = fspo_format.format_prompt(blanks, marker("query"))
     for i, shot in enumerate(shots):
         for f in TEXTS:
             skeleton = skeleton.replace(marker(f"{i}{f}"), getattr(shot, f).strip())
     assert prompt == skeleton.replace(marker("query"), query.strip())
-    column = episodes.prompt_column(pa.array([[s.model_dump() for s in shots]]), pa.array([query]))
+    column = fspo_format.prompt_column(
+        pa.array([[s.model_dump() for s in shots]]), pa.array([query])
+    )
     assert column.to_pylist() == [prompt]
-    assert episodes.completion_column(pa.array([shots[0].chosen])).to_pylist() == [
-        episodes.format_completion(shots[0].chosen)
+    assert fspo_format.completion_column(pa.array([shots[0].chosen])).to_pylist() == [
+        fspo_format.format_completion(shots[0].chosen)
     ]
 
 
@@ -205,7 +208,7 @@ def assert_hostile_text_survived(config: JobConfig) -> None:
     assert kept and all(EVERYTHING in j.chosen and EVERYTHING in j.rejected for j in kept)
     assert read["episodes"]
     for episode in read["episodes"]:
-        assert episode.prompt == episodes.format_prompt(episode.shots, episode.query_question)
+        assert episode.prompt == fspo_format.format_prompt(episode.shots, episode.query_question)
         assert EVERYTHING in episode.prompt and EVERYTHING in episode.chosen
     assert all(collapsed in e.rationale for e in read.get("rationales", []))
 

@@ -1,6 +1,5 @@
 """The column-wise paths of the judge and episode stages against their row-by-row definitions."""
 
-import sys
 from collections import Counter
 
 import pyarrow as pa
@@ -9,7 +8,8 @@ import pytest
 from fspo_data import judging
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import Episode, Judgment, Persona, RecordTable, Shot, to_table
+from fspo_data.core.fspo_format import format_prompt
+from fspo_data.core.records import Episode, Judgment, Persona, RecordTable, to_table
 from fspo_data.prompts import render
 from fspo_data.stages import episodes, judge, plan_shards
 from fspo_data.stages.base import StageContext
@@ -96,28 +96,9 @@ def test_a_shard_cuts_each_user_as_the_single_user_path_does():
         )
     ]
     assert shard == one_by_one and len(shard) > 8
-    assert all(e.prompt == episodes.format_prompt(e.shots, e.query_question) for e in shard)
+    assert all(e.prompt == format_prompt(e.shots, e.query_question) for e in shard)
     assert counters["users_without_episode"] == 1
     assert sum(v for k, v in counters.items() if k.startswith("episodes_")) == len(shard)
-
-
-def test_prompt_column_is_format_prompt_byte_for_byte():
-    odd = "\x1c\u3000 a\u200b b \x85\n"  # Python whitespace Arrow's default trim would keep
-    shots = [
-        [
-            Shot(judgment_uuid="j", question=f" Q{i}{odd}", chosen=f"{odd}c{i}", rejected="r\t")
-            for i in range(n)
-        ]  # fmt: skip
-        for n in (3, 1, 10)
-    ]
-    questions = [f"{odd}why?{odd}", "\u2028q", ""]
-    column = pa.array([[s.model_dump() for s in row] for row in shots])
-    expected = [episodes.format_prompt(row, q) for row, q in zip(shots, questions, strict=True)]
-    assert episodes.prompt_column(column, pa.array(questions)).to_pylist() == expected
-    completions = episodes.completion_column(pa.array(questions)).to_pylist()
-    assert completions == [episodes.format_completion(q) for q in questions]
-    every = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
-    assert every == episodes.PY_WHITESPACE
 
 
 def test_record_table_reads_like_a_list_and_checks_its_schema():

@@ -1,41 +1,8 @@
 import pytest
 
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import Judgment, Persona, Shot, Trait
+from fspo_data.core.records import Judgment, Persona, Trait
 from fspo_data.stages import episodes
-
-# DESIGN.md section 5, written out by hand: the prompt must match byte for byte.
-EXPECTED_PROMPT = (
-    "# Example 1\n"
-    "## Question \n"
-    "Q1?\n"
-    "## Preferred Response \n"
-    "good one\n"
-    "## Dispreferred Response \n"
-    "bad one\n"
-    "\n"
-    "# Example 2\n"
-    "## Question \n"
-    "Q2?\n"
-    "## Preferred Response \n"
-    "good two\n"
-    "## Dispreferred Response \n"
-    "bad two\n"
-    "\n"
-    "# Task\n"
-    "Given the examples above, generate a preferred response to the following question.\n"
-    "## Question \n"
-    "Final?\n"
-)
-
-
-def test_prompt_matches_design_byte_for_byte():
-    shots = [
-        Shot(judgment_uuid="a", question="Q1?", chosen="good one", rejected="bad one"),
-        Shot(judgment_uuid="b", question=" Q2?\n", chosen="good two ", rejected="bad two"),
-    ]
-    assert episodes.format_prompt(shots, "Final?") == EXPECTED_PROMPT
-    assert episodes.format_completion(" yes \n") == "## Preferred Response \nyes\n"
 
 
 def _judgment(user: str, i: int, question: str, kept: bool = True) -> Judgment:

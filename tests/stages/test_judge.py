@@ -200,6 +200,17 @@ def _views_run(tmp_path, refine_rounds: int):
     return judge.run(spec, inputs, context), backend, config, inputs
 
 
+def test_verdict_entropy_is_the_binary_entropy_of_the_sigmoid_of_the_margin():
+    margins = [0.0, 0.5, -0.5, 3.0, 40.0, 800.0]
+    entropy = pl.select(judging.verdict_entropy(pl.lit(pl.Series(margins)))).to_series()
+    for margin, h in zip(margins, entropy.to_list(), strict=True):
+        p = 1 / (1 + math.exp(-abs(margin)))
+        expected = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if p < 1 else 0.0
+        assert h == pytest.approx(expected, abs=1e-12), margin
+    assert entropy[0] == pytest.approx(math.log(2))  # a zero margin is a coin flip
+    assert entropy[1] == entropy[2]  # the sign names the response, not the certainty
+
+
 def test_refinement_states_preferences_relabels_and_lowers_label_entropy(tmp_path):
     output, backend, config, _ = _views_run(tmp_path, refine_rounds=2)
     records = output.records
@@ -214,7 +225,9 @@ def test_refinement_states_preferences_relabels_and_lowers_label_entropy(tmp_pat
     assert all((j.chosen_view, j.rejected_view) in stated for j in records)
     stats = consistency(pl.from_arrow(to_table(records, Judgment)), 0, config.stages.judge)
     assert stats.label_entropy_before == pytest.approx(math.log(2), abs=1e-3)
-    assert stats.label_entropy_after == pytest.approx(judging.verdict_entropy(3.0))
+    certain = 1 / (1 + math.exp(-3.0))  # every final debiased margin is 3 nats
+    binary_entropy = -(certain * math.log(certain) + (1 - certain) * math.log(1 - certain))
+    assert stats.label_entropy_after == pytest.approx(binary_entropy)
     assert stats.label_entropy_after < 0.2 < stats.label_entropy_before
     assert stats.users_refined == 1 and stats.position_bias_nats == pytest.approx(2.0)
 

@@ -1,18 +1,15 @@
 from fspo_data.core.chat import Completion
 from fspo_data.core.config import JobConfig
+from fspo_data.core.fspo_format import (
+    format_completion,
+    format_prompt,
+    format_rat_completion,
+    format_rat_prompt,
+)
 from fspo_data.core.records import Episode, RatEpisode, Shot
 from fspo_data.stages import plan_shards, rationales
 from fspo_data.stages.base import ShardSpec, StageContext
-from fspo_data.stages.episodes import format_completion, format_prompt
 from tests.conftest import ScriptedBackend, tables
-
-# The public FSPO trainer's RAT format, written out by hand.
-EXPECTED_RAT_PROMPT = (
-    "# Example 1\n## Question \nQ1?\n## Preferred Response \ngood\n"
-    "## Dispreferred Response \nbad\n\n"
-    "# Task\nGenerate a user description based on the examples above. Then, generate a "
-    "preferred response to the following question.\n## Question \nFinal?\n"
-)
 
 
 def _episode(uuid: str) -> Episode:
@@ -48,11 +45,9 @@ def test_rationale_stage_writes_rat_prompt_and_targets(tmp_path):
     assert isinstance(record, RatEpisode) and record.episode_uuid == "e1"
     assert output.counters["rationales_dropped_short"] == 1
     assert record.rationale == "The user likes plain, good answers."
-    assert record.rat_prompt == EXPECTED_RAT_PROMPT
-    assert record.rat_chosen == (
-        "## User Description\nThe user likes plain, good answers.\n## Preferred Response \nyes\n"
-    )
-    assert record.rat_rejected.endswith("## Preferred Response \nno\n")
+    assert record.rat_prompt == format_rat_prompt(record.shots, "Final?")
+    assert record.rat_chosen == format_rat_completion(record.rationale, "yes")
+    assert record.rat_rejected == format_rat_completion(record.rationale, "no")
     assert "Preferred: good" in backend.requests[0].messages[-1].content
 
 

@@ -1,0 +1,199 @@
+"""The diversity report: the figures of `personas.diversity` on a run's committed Parquet.
+
+Writes RUN_DIR/report/diversity.json (every figure, sample sizes, timings) and a self-contained
+RUN_DIR/report/diversity.html (plots as embedded PNGs, each with a note on how to read it).
+A stage with no committed shards skips its sections and says so in `notes`. `figures` computes,
+`plots` draws, `html` lays out the page; this module reads the run and ties them together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fspo_data.core.config import JobConfig, JudgeConfig
+from fspo_data.core.shards import committed_files, scan_committed
+from fspo_data.personas import diversity as dv
+from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
+from fspo_data.pipeline.consistency import near_duplicate_labellers
+from fspo_data.pipeline.report import html, plots
+from fspo_data.pipeline.report.figures import (
+    CandidateFigures,
+    DiversityReport,
+    Histogram,
+    JudgmentFigures,
+    TextFigures,
+    Timer,
+    TraitFigures,
+    candidate_figures,
+    headline,
+    judgment_figures,
+    text_figures,
+    trait_figures,
+)
+from fspo_data.pipeline.summary import RunSummary, write_summary
+
+__all__ = [
+    "CandidateFigures",
+    "DiversityReport",
+    "Histogram",
+    "JudgmentFigures",
+    "ReportResult",
+    "TextFigures",
+    "TraitFigures",
+    "add_diversity_to_summary",
+    "build_report",
+    "headline_figures",
+]
+
+_COLUMNS = {
+    "personas": ["persona_uuid", "domain", "traits", "persona_description"],
+    "questions": ["question_uuid", "question"],
+    "responses": ["question_uuid", "response"],
+    "judge": [
+        "persona_uuid",
+        "question_uuid",
+        "response_x_uuid",
+        "response_y_uuid",
+        "chosen_uuid",
+        "kept",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report: DiversityReport
+    json_path: Path
+    html_path: Path
+
+
+def headline_figures(result: ReportResult) -> dict[str, float]:
+    """The numbers the run summary prints; NaN where the run has no such stage yet."""
+    return headline(result.report)
+
+
+def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSummary:
+    """Write the run's diversity report and put its headline figures into the summary (and
+    its summary.json); a figure the run has no data for yet is None."""
+    result = build_report(
+        config.run_dir,
+        make_embedder(config.stages.persona_checks.embedder),
+        sample_size=config.report.sample_size,
+        seed=config.seed,
+        flag_settings=config.stages.judge,
+    )
+    figures = {k: None if math.isnan(v) else v for k, v in headline_figures(result).items()}
+    summary = summary.model_copy(update={"diversity": figures})
+    write_summary(config.run_dir, summary)
+    return summary
+
+
+def build_report(
+    run_dir: Path,
+    embedder: TextEmbedder | None = None,
+    sample_size: int = 2000,
+    seed: int = 0,
+    *,
+    flag_settings: JudgeConfig,
+) -> ReportResult:
+    """Compute every figure and write RUN_DIR/report/diversity.{json,html}.
+
+    Every text is embedded (the costly part on CPU; `embedder` defaults to all-MiniLM-L6-v2);
+    `sample_size` caps what the quadratic figures look at (nearest-neighbour queries, users in
+    the agreement matrix), drawn with `seed`. `flag_settings` is the run's judge config: its
+    `flag_agreement` and `flag_min_shared` decide the near-duplicate labellers, as in the run
+    summary.
+    """
+    run_dir = Path(run_dir)
+    timer = Timer()
+    with timer("read"):
+        personas, questions, responses, judgments = (_read(run_dir, s) for s in _COLUMNS)
+    if embedder is None and any(t is not None for t in (personas, questions, responses)):
+        embedder = make_embedder(DEFAULT_EMBEDDER)
+
+    def embed(name: str, texts: list[str]) -> np.ndarray:
+        with timer(f"embed.{name}"):
+            return embedder.embed(texts)
+
+    def figures(name: str, texts: list[str], vectors: np.ndarray) -> TextFigures:
+        return text_figures(name, texts, vectors, sample_size, seed, timer)
+
+    report = DiversityReport(
+        run_dir=str(run_dir),
+        embedder=embedder.name if embedder else "",
+        sample_size=sample_size,
+        seed=seed,
+    )
+    sections: list[html.Section] = []
+    if personas is None:
+        report.notes.append("personas: no committed shards; persona and trait figures skipped")
+    else:
+        texts = personas["persona_description"].to_list()
+        vectors = embed("personas", texts)
+        report.personas = figures("personas", texts, vectors)
+        traits = personas.select("persona_uuid", "domain", "traits").explode("traits")
+        traits = traits.unnest("traits")
+        with timer("traits"):
+            report.traits = trait_figures(traits, report.notes)
+        with timer("plots"):
+            image = plots.persona_map(personas, traits, vectors, seed)
+            sections.append(html.persona_section(report.personas, image))
+            if report.traits:
+                sections.append(html.trait_section(report.traits, plots.trait_bars(report.traits)))
+    if questions is None:
+        report.notes.append("questions: no committed shards; question figures skipped")
+    else:
+        texts = questions["question"].to_list()
+        report.questions = figures("questions", texts, embed("questions", texts))
+        sections.append(html.text_section("Questions", report.questions))
+    if responses is None:
+        report.notes.append("responses: no committed shards; candidate figures skipped")
+    else:
+        texts = responses["response"].to_list()
+        vectors = embed("responses", texts)
+        groups = responses["question_uuid"].rank("dense").cast(pl.Int64).to_numpy() - 1
+        with timer("candidates"):
+            similarity = dv.candidate_similarity(vectors, groups)
+        report.candidates = candidate_figures(similarity, figures("responses", texts, vectors))
+        with timer("plots"):
+            image = plots.candidate_histogram(report.candidates)
+            sections.append(html.candidate_section(report.candidates, image))
+    if judgments is None:
+        report.notes.append("judge: no committed shards; agreement and label entropy skipped")
+    elif not judgments["kept"].any():
+        report.notes.append("judge: no kept judgments; agreement and label entropy skipped")
+    else:
+        with timer("judgments.near_duplicates"):
+            judge_shards = scan_committed(run_dir, "judge", require_manifest=False)
+            flagged = near_duplicate_labellers(judge_shards, flag_settings)
+        report.judgments, agreement = judgment_figures(
+            judgments, flagged, flag_settings, sample_size, seed, timer
+        )
+        with timer("plots"):
+            heatmap = plots.agreement_heatmap(report.judgments, agreement)
+            histogram = plots.cross_user_entropy_histogram(report.judgments)
+            sections += html.judgment_sections(report.judgments, heatmap, histogram)
+    report.timings_s = timer.seconds
+    return _write(run_dir / "report", report, sections)
+
+
+def _read(run_dir: Path, stage: str) -> pl.DataFrame | None:
+    """The stage's committed shards (a hand-made folder with no manifest: all its Parquet)."""
+    files = committed_files(run_dir, stage, require_manifest=False)
+    if not files:
+        return None
+    frame = pl.read_parquet(files, columns=_COLUMNS[stage])
+    return frame if frame.height else None
+
+
+def _write(out_dir: Path, report: DiversityReport, sections: list[html.Section]) -> ReportResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ReportResult(report, out_dir / "diversity.json", out_dir / "diversity.html")
+    html.write_atomic(result.json_path, report.model_dump_json(indent=2))
+    html.write_atomic(result.html_path, html.page(report, sections))
+    return result

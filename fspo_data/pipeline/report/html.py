@@ -1,0 +1,170 @@
+"""The report's page: a self-contained HTML file, one section per figure group, each with
+its table, its plot (an embedded PNG) and a note on how to read it."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fspo_data.pipeline.report.figures import (
+    CandidateFigures,
+    DiversityReport,
+    JudgmentFigures,
+    TextFigures,
+    TraitFigures,
+    headline,
+)
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    figures: dict[str, Any]
+    image: str | None  # base64 PNG
+    how_to_read: str
+
+
+def persona_section(figures: TextFigures, image: str) -> Section:
+    return Section("Personas", figures.model_dump(), image, HOW_TO_READ["personas"])
+
+
+def trait_section(traits: list[TraitFigures], image: str) -> Section:
+    table = {
+        f"{t.domain}/{t.attribute}": f"{t.values_seen}/{t.values_total} seen; entropy "
+        f"{t.entropy:.3f} (target {t.reference_entropy:.3f}); KL {t.kl:.4f} (noise "
+        f"~{t.kl_sampling_noise:.4f}); off-taxonomy {t.off_taxonomy}"
+        for t in traits
+    }
+    return Section("Trait coverage", table, image, HOW_TO_READ["traits"])
+
+
+def text_section(title: str, figures: TextFigures) -> Section:
+    return Section(title, figures.model_dump(), None, HOW_TO_READ["texts"])
+
+
+def candidate_section(figures: CandidateFigures, image: str) -> Section:
+    table = figures.model_dump(exclude={"histogram", "responses"})
+    table |= {f"responses: {k}": v for k, v in figures.responses.model_dump().items()}
+    return Section("Candidate responses", table, image, HOW_TO_READ["candidates"])
+
+
+def judgment_sections(figures: JudgmentFigures, heatmap: str, histogram: str) -> list[Section]:
+    agreement_table = figures.model_dump(
+        exclude={"near_duplicate_labellers", "multi_labelled_pairs", "cross_user_label_entropy"}
+        | {"cross_user_entropy_histogram"}
+    )
+    flagged = ", ".join(figures.near_duplicate_labellers) or "none"
+    agreement_table["near_duplicate_labellers"] = flagged
+    entropy_table = figures.model_dump(include={"multi_labelled_pairs", "cross_user_label_entropy"})
+    return [
+        Section("User agreement", agreement_table, heatmap, HOW_TO_READ["agreement"]),
+        Section("Label entropy across users", entropy_table, histogram, HOW_TO_READ["entropy"]),
+    ]
+
+
+HOW_TO_READ = {
+    "personas": (
+        "Each dot is a persona description, placed along the two directions in which the "
+        "embeddings vary most (PCA); colour is one trait. A single dense blob means the "
+        "descriptions are paraphrases of each other whatever the traits; same-colour islands "
+        "mean that trait dominates the text; evenly mixed colours mean it barely shows. The map "
+        "keeps a small part of the variance: read distances loosely and trust the numbers. "
+        "Vendi is the effective number of distinct personas (1 if all alike; at most the "
+        "embedding dimension), comparable only between runs with the same embedder. Near-"
+        "duplicate rate is the share of personas with another at cosine >= the threshold: those "
+        "users will label alike. distinct-n is the share of unique words (1) or word pairs (2); "
+        "it falls as a corpus grows, so compare runs of similar size."
+    ),
+    "traits": (
+        "One panel per attribute: bars are the share of personas with each value, black ticks "
+        "the taxonomy's target weight. An empty bar under a tick is a user type the data never "
+        "shows. KL(observed || target) in nats measures the skew; sampling alone gives about "
+        "(k - 1) / (2 n) for k values and n personas (the 'noise' figure), so a KL many times "
+        "the noise means the sampler, a filter (dedup, refinement) or the model skewed the "
+        "population. Off-taxonomy counts values the taxonomy does not list."
+    ),
+    "texts": (
+        "The same figures as for personas, on the questions: Vendi (effective number of "
+        "distinct questions), mean and nearest-neighbour cosine, near-duplicate rate, distinct-n."
+    ),
+    "candidates": (
+        "Per question, the mean pairwise cosine of its candidate responses: the FSPO paper's "
+        "diversity measure. Lower means more different candidates for users to disagree about. "
+        "The paper reports 0.96 for one model at temperature 0.3, 0.94 at 1.0, 0.81 with persona "
+        "steering, 0.78 with view steering and 0.71 with a model ensemble plus view steering, "
+        "with its own embedder, so compare loosely. A tail near 1 marks questions whose "
+        "viewpoints collapsed into one answer."
+    ),
+    "agreement": (
+        "Rows and columns are the sampled users who share the most pairs with others; a cell is "
+        "the share of the pairs both labelled on which they chose the same response (grey: none "
+        "shared; with few shared pairs a cell is noisy). Users are ordered so that alike "
+        "labellers sit together. Bright off-diagonal blocks are groups with the same taste. "
+        "The near-duplicate labellers listed are the run summary's flagged users, over all "
+        "users, not only those shown: agreement with another user above the job's "
+        "stages.judge.flag_agreement on at least flag_min_shared shared pairs. They teach "
+        "the model nothing the other does not, and should be regenerated. A uniformly bright "
+        "matrix means the labels follow the judge's general taste, not the persona."
+    ),
+    "entropy": (
+        "For each candidate pair labelled by two or more users: the binary entropy of the share "
+        "of users preferring one response, 0 when all agree and ln 2 = 0.69 nats for an even "
+        "split. A pile at 0 is pairs with a universally better answer, which carry no personal "
+        "signal; FSPO needs users to disagree on shared pairs, so mass away from 0 is the goal, "
+        "provided the agreement matrix shows it comes from structured tastes, not coin flips. "
+        "This is not the run summary's label entropy (the judge's uncertainty per user and "
+        "pair, the paper's 0.64 -> 0.13 nats), which should be low."
+    ),
+}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(figures: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_format(v))}</td></tr>"
+        for k, v in figures.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def page(report: DiversityReport, sections: list[Section]) -> str:
+    parts = [
+        f"<h1>Diversity report</h1><p>{html.escape(report.run_dir)}: embedder "
+        f"{html.escape(report.embedder or 'none')}, sample size {report.sample_size}, seed "
+        f"{report.seed}</p>",
+        _table(headline(report)),
+    ]
+    if report.notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>{_table(s.figures)}")
+        if s.image:
+            alt = html.escape(s.title)
+            parts.append(f'<img alt="{alt}" src="data:image/png;base64,{s.image}">')
+        parts.append(f'<p class="read"><b>How to read this.</b> {html.escape(s.how_to_read)}</p>')
+    return _PAGE.replace("{body}", "\n".join(parts))
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Diversity report</title><style>
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 8px}
+th{text-align:left;font-weight:normal;color:#555}td{text-align:right}img{max-width:100%}
+.read{background:#f5f5f5;border-left:3px solid #888;padding:.5em 1em}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
