@@ -21,7 +21,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fspo_data.pipeline.orchestrator import RunConfigMismatch, RunStopped, run_job
     from fspo_data.pipeline.summary import render
 
-    config = load_job(args.config)
+    config = load_job(args.config, to_run_here=True)
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
     try:

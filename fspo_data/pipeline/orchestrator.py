@@ -62,7 +62,7 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
-from fspo_data.pipeline.validate import validate_job
+from fspo_data.pipeline.validate import validate_job, validate_placement
 from fspo_data.prompts import PROMPT_DIR, template_hash
 from fspo_data.stages import STAGES, STAGES_BY_NAME
 from fspo_data.stages.base import ShardSpec, Stage, StageContext
@@ -384,9 +384,10 @@ def run_job(
     `RunStopped` when the model is down or the run folder cannot be written."""
     started = time.perf_counter()
     validate_job(config)
+    init_ray(config)
+    validate_placement(config)
     try:
         prepare_run_dir(config, force_new_config)
-        init_ray(config)
         pool = WorkerPool(config)
         stages = []
         try:

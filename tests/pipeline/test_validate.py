@@ -12,6 +12,8 @@ from fspo_data.core.config import ConfigError, JobConfig, JudgeConfig
 from fspo_data.pipeline.validate import (
     job_problems,
     load_job,
+    local_ray_resources,
+    resource_problems,
 )
 
 OPENAI = {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:8000/v1", "model": "m"}}
@@ -116,3 +118,37 @@ def test_several_problems_are_counted_in_the_one_line(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}: model.dtype: 'float7' is not one of auto, half, " + (
         "float16, bfloat16, float, float32 (+1 more)"
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "resources", "expected"),
+    [
+        ({"cpus_per_replica": 3}, {"CPU": 2.0}, ["model.cpus_per_replica: 1 replica(s) x 3 CPU "]),
+        ({"replicas": 3, "cpus_per_replica": 1}, {"CPU": 2.0}, ["model.cpus_per_replica: 3 "]),
+        ({"replicas": 4, "cpus_per_replica": 0.5}, {"CPU": 2.0}, []),
+        ({"use_gpu": True, "tensor_parallel_size": 2}, {"CPU": 8, "GPU": 1}, ["model.tensor_"]),
+        ({"use_gpu": True}, {"CPU": 8}, ["model.tensor_parallel_size: 1 replica(s) x 1 GPU need"]),
+        ({"use_gpu": True, "replicas": 2}, {"CPU": 8, "GPU": 2}, []),
+        ({"use_gpu": False}, {"CPU": 1}, []),  # GPUs are asked only with use_gpu
+        (
+            {"use_gpu": True, "replicas": 2, "cpus_per_replica": 8},
+            {"CPU": 8.0, "GPU": 1.0},
+            ["model.cpus_per_replica: 2 replica(s) x 8 CPU", "model.tensor_parallel_size: 2 "],
+        ),
+    ],
+)
+def test_a_pool_ray_cannot_place_is_refused(
+    model: dict, resources: dict[str, float], expected: list[str]
+) -> None:
+    problems = resource_problems(job(model=model), resources)
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start), problem
+        assert "but Ray has" in problem
+
+
+def test_a_local_ray_s_cpus_are_known_before_it_starts() -> None:
+    assert local_ray_resources(job(ray={"num_cpus": 3})) == {"CPU": 3.0}
+    assert local_ray_resources(job())["CPU"] >= 1
+    assert local_ray_resources(job(ray={"address": "auto"})) is None
+    assert local_ray_resources(job(model={"use_gpu": True})) is None
