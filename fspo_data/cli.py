@@ -22,11 +22,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fspo_data.pipeline.resume import RunConfigMismatch
     from fspo_data.pipeline.summary import render
 
-    config = load_job(args.config)
+    config = load_job(args.config, to_run_here=True)
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
     try:
-        summary = run_job(config, progress=not args.quiet, force_new_config=args.force_new_config)
+        summary = run_job(
+            config,
+            progress=not args.quiet,
+            force_new_config=args.force_new_config,
+            source=args.config,
+        )
     except RunConfigMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

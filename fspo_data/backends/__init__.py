@@ -11,17 +11,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fspo_data.backends import instant
-from fspo_data.backends.vllm_engine import VLLMBackend, engine_env
+from fspo_data.backends.limits import SamplingLimits, sampling_problems
+from fspo_data.backends.vllm_engine import VLLMBackend, engine_env, vllm_problems
 from fspo_data.core.chat import LLMBackend
 
 if TYPE_CHECKING:
-    from fspo_data.core.config import ModelConfig
+    from fspo_data.core.config import JobConfig, ModelConfig
+
+# The chat completions API reference (platform.openai.com/docs/api-reference/chat/create):
+# temperature between 0 and 2, top_logprobs between 0 and 20.
+OPENAI_SAMPLING = SamplingLimits(backend="openai", max_temperature=2.0, max_top_logprobs=20)
 
 
 @dataclass(frozen=True)
 class BackendEntry:
     create: Callable[[ModelConfig], LLMBackend]
     process_env: Callable[[ModelConfig], dict[str, str]]
+    # `field: what is wrong` for each job setting this backend cannot take, found before
+    # anything starts (no engine library is imported).
+    problems: Callable[[JobConfig], list[str]]
 
 
 def _openai(model: ModelConfig) -> LLMBackend:
@@ -40,17 +48,28 @@ def _openai(model: ModelConfig) -> LLMBackend:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "vllm": BackendEntry(create=VLLMBackend, process_env=engine_env),
+    "vllm": BackendEntry(create=VLLMBackend, process_env=engine_env, problems=vllm_problems),
     # The API key stays in the environment the workers inherit; a runtime_env would show it
     # in Ray's dashboard, so nothing is passed here.
-    "openai": BackendEntry(create=_openai, process_env=lambda _: {}),
-    # Benchmarks and reliability tests only; see its module docstring.
-    instant.NAME: BackendEntry(create=instant.InstantBenchmarkDouble, process_env=lambda _: {}),
+    "openai": BackendEntry(
+        create=_openai,
+        process_env=lambda _: {},
+        problems=lambda job: sampling_problems(job, OPENAI_SAMPLING),
+    ),
+    # Benchmarks and reliability tests only; see its module docstring. It takes any setting.
+    instant.NAME: BackendEntry(
+        create=instant.InstantBenchmarkDouble, process_env=lambda _: {}, problems=lambda _: []
+    ),
 }
 
 
 def make_backend(model: ModelConfig) -> LLMBackend:
     return BACKENDS[model.backend].create(model)
+
+
+def backend_problems(job: JobConfig) -> list[str]:
+    """`field: what is wrong` for each setting of `job` its backend cannot take."""
+    return BACKENDS[job.model.backend].problems(job)
 
 
 def backend_env(model: ModelConfig) -> dict[str, str]:

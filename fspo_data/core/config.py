@@ -470,6 +470,47 @@ def _one_line(path: Path, error: ValidationError) -> str:
     return f"{path}: {field}: {message}{more}"
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice; the message is `FIELD: key given twice (lines A and B)`."""
+
+    def __init__(self, field: str, first_line: int, second_line: int) -> None:
+        super().__init__(problem=f"{field}: key given twice (lines {first_line} and {second_line})")
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader (so `!!python` tags stay refused) that refuses a key given twice in one
+    mapping: plain PyYAML keeps the last value without a word.
+
+    A mapping is constructed before its children, so it records the dotted field of each
+    child mapping for their own check to name.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._fields: dict[int, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        parent = self._fields.get(id(node), "")
+        first_lines: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            # Keys a `<<` merge brings in may be overridden here, as YAML intends.
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            field = f"{parent}.{key}" if parent else str(key)
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise DuplicateKeyError(field, first_lines[key], line)
+            first_lines[key] = line
+            self._fields[id(value_node)] = field
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Path | str) -> JobConfig:
     return load_yaml_model(path, JobConfig)
 
@@ -479,11 +520,13 @@ def load_yaml_model(path: Path | str, model: type[M]) -> M:
     file and the field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

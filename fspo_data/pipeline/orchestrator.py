@@ -51,7 +51,7 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
-from fspo_data.pipeline.validate import validate_job
+from fspo_data.pipeline.validate import validate_job, validate_placement
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import Inputs, ShardSpec, Stage, StageContext, require_columns
 
@@ -266,15 +266,21 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
 
 
 def run_job(
-    config: JobConfig, *, progress: bool = True, force_new_config: bool = False
+    config: JobConfig,
+    *,
+    progress: bool = True,
+    force_new_config: bool = False,
+    source: Path | str = "config",
 ) -> RunSummary:
-    """Run (or resume) every stage. Raises `RunConfigMismatch` before anything runs, and
-    `RunStopped` when the model is down or the run folder cannot be written."""
+    """Run (or resume) every stage. Raises `ConfigError` (naming `source`, the config file)
+    or `RunConfigMismatch` before anything is written, and `RunStopped` when the model is
+    down or the run folder cannot be written."""
     started = time.perf_counter()
-    validate_job(config)
+    validate_job(config, source)
+    init_ray(config)
+    validate_placement(config, source)
     try:
         prepare_run_dir(config, force_new_config)
-        init_ray(config)
         pool = WorkerPool(config)
         stages = []
         try:

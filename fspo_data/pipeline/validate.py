@@ -1,16 +1,22 @@
-"""Checks of a job config that need more than its own fields: taxonomies, domains, backends.
+"""Checks of a job config that need more than its own fields: taxonomies, backends, Ray.
 
-`fspo_data.core.config` validates each field on its own; what depends on the data files and
-the engines above the core layer is checked here, before a run folder or Ray exists. Every
-problem is a `ConfigError` of one line naming the file and the field.
+`fspo_data.core.config` validates each field on its own; what depends on the data files, the
+engines and the machines above the core layer is checked here, before a run folder exists.
+Every problem is a `ConfigError` of one line naming the file and the field.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from fspo_data.backends import backend_problems
 from fspo_data.core.config import ConfigError, JobConfig, load_config
 from fspo_data.personas.taxonomy import load_taxonomy
+
+# Ray sums fractional CPUs in floats.
+_SLACK = 1e-9
 
 
 def job_problems(config: JobConfig) -> list[str]:
@@ -25,18 +31,65 @@ def job_problems(config: JobConfig) -> list[str]:
             f"personas.stratify: {', '.join(map(repr, unknown))} is in no taxonomy of "
             f"{', '.join(config.domains)} (attributes: {', '.join(sorted(known))})"
         )
+    return problems + backend_problems(config)
+
+
+def resource_problems(config: JobConfig, resources: Mapping[str, float]) -> list[str]:
+    """`field: what is wrong` when the engine pool cannot be placed on `resources`.
+
+    `resources` is Ray's total by resource name, as `ray.cluster_resources()` gives it (a
+    name it lacks is none). Every replica must be placed: shards are dealt to all of them, so
+    one replica left waiting for room would hold the run forever.
+    """
+    model = config.model
+    wanted = {"CPU": (model.cpus_per_replica, "model.cpus_per_replica")}
+    if model.use_gpu:
+        wanted["GPU"] = (model.tensor_parallel_size, "model.tensor_parallel_size")
+    problems = []
+    for name, (each, field) in wanted.items():
+        have = resources.get(name, 0.0)
+        if model.replicas * each > have + _SLACK:
+            problems.append(
+                f"{field}: {model.replicas} replica(s) x {each:g} {name} need "
+                f"{model.replicas * each:g} {name}, but Ray has {have:g}; the pool would wait "
+                "forever for the rest"
+            )
     return problems
+
+
+def local_ray_resources(config: JobConfig) -> dict[str, float] | None:
+    """What a local Ray will have, known before it starts; None where only Ray can tell (a
+    cluster, or GPUs, which a local Ray counts as it starts)."""
+    if config.ray.address is not None or config.model.use_gpu:
+        return None
+    return {"CPU": float(config.ray.num_cpus or os.cpu_count() or 1)}
+
+
+def _raise_first(problems: list[str], source: Path | str) -> None:
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: {problems[0]}{more}")
 
 
 def validate_job(config: JobConfig, source: Path | str = "config") -> JobConfig:
     """`config` if it passes every check; else a `ConfigError` naming `source` and the field."""
-    problems = job_problems(config)
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(f"{source}: {problems[0]}{more}")
+    _raise_first(job_problems(config), source)
     return config
 
 
-def load_job(path: Path | str) -> JobConfig:
-    """A job config read, validated field by field, then checked against the data files."""
-    return validate_job(load_config(path), path)
+def validate_placement(config: JobConfig, source: Path | str = "config") -> None:
+    """Once Ray is up, before the run folder: can the engine pool be placed on its totals?"""
+    import ray
+
+    _raise_first(resource_problems(config, ray.cluster_resources()), source)
+
+
+def load_job(path: Path | str, *, to_run_here: bool = False) -> JobConfig:
+    """A job config read, validated field by field, then checked against the data files and
+    its backend; `to_run_here` (`fspo-data run`) also checks its engine pool against a local
+    Ray, before Ray starts (`validate_placement` checks the rest once it is up)."""
+    config = validate_job(load_config(path), path)
+    resources = local_ray_resources(config) if to_run_here else None
+    if resources is not None:
+        _raise_first(resource_problems(config, resources), path)
+    return config

@@ -64,3 +64,47 @@ def test_help_works_for_every_command(capsys):
             cli.main(argv)
         assert info.value.code == 0
     assert "resume" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("run_dir: r\nseed: 1\nseed: 2\n", "seed: key given twice (lines 2 and 3)"),
+        (
+            "run_dir: r\nmodel:\n  dtype: float32\n  replicas: 1\n  dtype: bfloat16\n",
+            "model.dtype: key given twice (lines 3 and 5)",
+        ),
+        (
+            "run_dir: r\nstages: {rationales: {sampling: {max_tokens: 9, max_tokens: 8}}}\n",
+            "stages.rationales.sampling.max_tokens: key given twice (lines 2 and 2)",
+        ),
+        # YAML 1.1 reads both as the boolean true: one key for the dict, so one too many here.
+        ("run_dir: r\nyes: 1\ntrue: 2\n", "True: key given twice (lines 2 and 3)"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_a_merge_key_may_be_overridden_and_python_tags_stay_refused(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("run_dir: r\ncounts: {<<: {users: 3, questions: 4}, users: 6}\n")
+    counts = load_config(path).counts
+    assert (counts.users, counts.questions) == (6, 4)
+    path.write_text("run_dir: !!python/object/apply:os.system [ls]\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line 1"):
+        load_config(path)
+
+
+def test_the_train_config_refuses_a_key_given_twice(tmp_path):
+    from fspo_data.train import load_train_config
+
+    path = tmp_path / "train.yaml"
+    path.write_text((TESTS_DIR.parent / "configs" / "train_cpu_smoke.yaml").read_text())
+    path.write_text(path.read_text() + "model: embedded:Other\n")
+    with pytest.raises(ConfigError, match=r"model: key given twice \(lines 3 and \d+\)"):
+        load_train_config(path)

@@ -16,7 +16,9 @@ import pytest
 import ray
 
 from fspo_data import cli
-from tests.reliability.conftest import run_cli
+from fspo_data.core.config import ConfigError
+from fspo_data.pipeline.orchestrator import run_job
+from tests.reliability.conftest import instant_config, run_cli
 
 PASTED_KEY = "sk-fspo-pasted-0123456789abcdef"
 
@@ -79,6 +81,42 @@ MALFORMED = {
         "stages.rationales.sampling.max_tokens:",
     ),
     "top_logprobs_too_many": ("run_dir: r\nstages: {judge: {top_logprobs: 50}}\n", "top_logprobs"),
+    "dtype_unknown": (
+        "run_dir: r\nmodel: {dtype: float7}\n",
+        "model.dtype: 'float7' is not one of auto, half, float16, bfloat16, float, float32",
+    ),
+    "temperature_above_vllm": (
+        "run_dir: r\nstages: {questions: {temperature: 2.5}}\n",
+        "stages.questions.temperature: 2.5 is above 2, the most vllm accepts",
+    ),
+    "temperature_above_openai": (
+        openai_config("max_retries: 1") + "stages: {judge: {sample_temperature: 4}}\n",
+        "stages.judge.sample_temperature: 4 is above 2, the most openai accepts",
+    ),
+    "embedded_model_unknown": (
+        "run_dir: r\nmodel: {model: 'embedded:Nope'}\n",
+        "model.model: unknown embedded model 'Nope'",
+    ),
+    "model_folder_missing": (
+        "run_dir: r\nmodel: {model: ./models/llama}\n",
+        "model.model: ./models/llama is not a folder",
+    ),
+    "max_tokens_fill_context": (
+        "run_dir: r\nmodel: {max_model_len: 512}\nstages: {responses: {max_tokens: 512}}\n",
+        "stages.responses.max_tokens: 512 leaves no room for the prompt in model.max_model_len",
+    ),
+    "key_twice_top_level": (
+        "run_dir: r\nseed: 1\nseed: 2\n",
+        "seed: key given twice (lines 2 and 3)",
+    ),
+    "key_twice_nested": (
+        "run_dir: r\nmodel:\n  replicas: 1\n  replicas: 2\n",
+        "model.replicas: key given twice (lines 3 and 4)",
+    ),
+    "pool_too_large": (
+        "run_dir: r\nray: {num_cpus: 1}\nmodel: {cpus_per_replica: 2}\n",
+        "model.cpus_per_replica: 1 replica(s) x 2 CPU need 2 CPU, but Ray has 1",
+    ),
     "openai_without_section": ("run_dir: r\nmodel: {backend: openai}\n", "model: backend 'openai'"),
     "openai_without_base_url": (
         "run_dir: r\nmodel: {backend: openai, openai: {model: m}}\n",
@@ -203,3 +241,21 @@ def test_the_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
     for argv, path, expected in cases:
         code, err = run_cli(*argv, timeout=60)
         assert_one_line_error(code, err, path, expected)
+
+
+@pytest.mark.slow
+def test_a_pool_only_ray_can_size_is_refused_before_the_run_folder(tmp_path: Path) -> None:
+    """A local Ray counts its GPUs as it starts (a cluster, all its resources): `run_job` checks
+    the pool against Ray's totals once it is up, and before the run folder is made."""
+    model = {"backend": "instant-benchmark-double", "use_gpu": True, "tensor_parallel_size": 64}
+    config = instant_config(tmp_path / "run", model=model)
+    source = tmp_path / "job.yaml"
+    try:
+        with pytest.raises(ConfigError) as info:
+            run_job(config, progress=False, source=source)
+    finally:
+        ray.shutdown()
+    assert str(info.value).startswith(
+        f"{source}: model.tensor_parallel_size: 1 replica(s) x 64 GPU need 64 GPU, but Ray has"
+    )
+    assert not config.run_dir.exists()
