@@ -47,7 +47,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fspo_data.core.shards import load_manifest
     from fspo_data.stages import STAGES
 
-    config = load_config(args.run_dir / "config.yaml")
+    config = load_job(args.run_dir / "config.yaml")
     table = Table(title=f"{args.run_dir} (config {config.fingerprint()})")
     for column in ("stage", "committed shards", "rows", "state"):
         table.add_column(column)
@@ -68,7 +68,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = load_config(args.run_dir / "config.yaml")
     embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
-    result = build_report(args.run_dir, embedder, sample_size=args.sample_size, seed=config.seed)
+    result = build_report(
+        args.run_dir,
+        embedder,
+        sample_size=args.sample_size,
+        seed=config.seed,
+        domains_dir=config.domains_dir,
+    )
     for name, value in headline_figures(result).items():
         print(f"{name:>32}  {value:.4g}")
     print(f"wrote {result.html_path} and {result.json_path}")

@@ -29,6 +29,7 @@ import yaml
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.records import Episode
 from fspo_data.core.shards import Manifest, final_episode_files, load_manifest
+from fspo_data.domains import load_domain
 from fspo_data.pipeline.summary import StageSummary
 from fspo_data.stages import STAGES
 from fspo_data.stages.base import require_columns
@@ -339,6 +340,15 @@ def _front_matter(
     }
 
 
+def _shots(config: JobConfig) -> str:
+    try:
+        return ", ".join(
+            f"{d} {load_domain(d, config.domains_dir).shots(config.counts)}" for d in config.domains
+        )
+    except ValueError as exc:  # the run's domains_dir may not travel with its run folder
+        return f"not recorded ({exc})"
+
+
 def render_card(
     run_dir: Path,
     repo_id: str,
@@ -358,11 +368,7 @@ def render_card(
         repo_id=repo_id,
         default_config=next(iter(rows)),
         splits_table=_splits_table(rows),
-        shots=(
-            ", ".join(f"{d} {config.counts.shots.for_domain(d)}" for d in config.domains)
-            if config
-            else "not recorded"
-        ),
+        shots=_shots(config) if config else "not recorded",
         rationale_note=_RATIONALE_NOTE if has_rationale else "",
         provenance=_provenance(config, manifests),
         stages_table=_stages_table(manifests),

@@ -56,6 +56,7 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
+from fspo_data.domains import template_hashes
 from fspo_data.pipeline.summary import (
     RunSummary,
     StageSummary,
@@ -63,7 +64,6 @@ from fspo_data.pipeline.summary import (
     write_summary,
 )
 from fspo_data.pipeline.validate import validate_job
-from fspo_data.prompts import PROMPT_DIR, template_hash
 from fspo_data.stages import STAGES, STAGES_BY_NAME
 from fspo_data.stages.base import ShardSpec, Stage, StageContext
 
@@ -265,7 +265,7 @@ def open_manifest(config: JobConfig, stage: Stage) -> tuple[Manifest, list[str]]
         schema=str(stage.record_type.arrow_schema()),
         config_fingerprint=config.fingerprint(),
         package_versions=package_versions(),
-        prompt_hashes={p.stem: template_hash(p.stem) for p in sorted(PROMPT_DIR.glob("*.txt"))},
+        prompt_hashes=template_hashes(config.domains, config.domains_dir),
     )
     notes += reconcile_with_disk(stage_dir, manifest) if stage_dir.exists() else []
     manifest.config_fingerprint = config.fingerprint()

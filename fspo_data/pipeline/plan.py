@@ -111,10 +111,10 @@ def domain_loads(config: JobConfig, name: str, chars_per_token: float) -> list[S
     from fspo_data.stages.questions import question_request, question_topic
     from fspo_data.stages.responses import response_request, views_request
 
-    domain, stages = load_domain(name), config.stages
+    domain, stages = load_domain(name, config.domains_dir), config.stages
     n = domain_counts(config, domain)
     tok = _Tokens(chars_per_token)
-    traits = sample_traits(load_taxonomy(name), config.seed, 0)
+    traits = sample_traits(load_taxonomy(domain), config.seed, 0)
     if domain.persona.describe_with_model:
         prompt = tok.of(persona_request(traits, stages.personas, 0).messages)
         personas = StageLoad(
@@ -226,7 +226,7 @@ def sizing(
 ) -> Sizing:
     from fspo_data.domains import load_domain
 
-    counts = [domain_counts(config, load_domain(d)) for d in config.domains]
+    counts = [domain_counts(config, load_domain(d, config.domains_dir)) for d in config.domains]
     gpus = config.model.replicas * config.model.tensor_parallel_size
     gpu_hours = sum(s.gpu_hours(prompt_per_s, gen_per_s) for s in loads)
     return Sizing(

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.shards import load_manifest
+from fspo_data.domains import load_domain
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
 from fspo_data.personas.taxonomy import load_taxonomy
@@ -170,6 +171,7 @@ def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSumma
         make_embedder(config.stages.persona_checks.embedder),
         sample_size=config.report.sample_size,
         seed=config.seed,
+        domains_dir=config.domains_dir,
     )
     figures = {k: None if math.isnan(v) else v for k, v in headline_figures(result).items()}
     summary = summary.model_copy(update={"diversity": figures})
@@ -182,12 +184,14 @@ def build_report(
     embedder: TextEmbedder | None = None,
     sample_size: int = 2000,
     seed: int = 0,
+    domains_dir: Path | None = None,
 ) -> ReportResult:
     """Compute every figure and write RUN_DIR/report/diversity.{json,html}.
 
     Every text is embedded (the costly part on CPU; `embedder` defaults to all-MiniLM-L6-v2);
     `sample_size` caps what the quadratic figures look at (nearest-neighbour queries, users in
-    the agreement matrix), drawn with `seed`.
+    the agreement matrix), drawn with `seed`; the trait figures read the taxonomies of the
+    run's domains, from `domains_dir` as the run did.
     """
     run_dir = Path(run_dir)
     timer = _Timer()
@@ -219,7 +223,7 @@ def build_report(
         traits = personas.select("persona_uuid", "domain", "traits").explode("traits")
         traits = traits.unnest("traits")
         with timer("traits"):
-            report.traits = _trait_figures(traits, report.notes)
+            report.traits = _trait_figures(traits, report.notes, domains_dir)
         with timer("plots"):
             sections.append(_persona_section(report.personas, personas, traits, vectors, seed))
             if report.traits:
@@ -290,12 +294,14 @@ def _text_figures(
     )
 
 
-def _trait_figures(traits: pl.DataFrame, notes: list[str]) -> list[TraitFigures]:
+def _trait_figures(
+    traits: pl.DataFrame, notes: list[str], domains_dir: Path | None
+) -> list[TraitFigures]:
     counts = traits.group_by("domain", "name", "value").len()
     out = []
     for domain in sorted(counts["domain"].unique().to_list()):
         try:
-            taxonomy = load_taxonomy(domain)
+            taxonomy = load_taxonomy(load_domain(domain, domains_dir))
         except ValueError as exc:
             notes.append(f"traits: {exc}; trait figures for {domain!r} skipped")
             continue

@@ -362,7 +362,7 @@ def _prefixed(texts: pl.DataFrame, role: str) -> pl.DataFrame:
 @gc_paused()
 def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     config, settings = ctx.config, ctx.config.stages.judge
-    domain = load_domain(spec.domain)
+    domain = load_domain(spec.domain, config.domains_dir)
     inputs = load_inputs(spec, ctx)
     counters: Counter[str] = Counter()
     if not inputs.pool:

@@ -79,7 +79,7 @@ def describe(
     if not domain.persona.describe_with_model:
         return [domain.templated_description(t) for t in traits]
     checks = ctx.config.stages.persona_checks
-    taxonomy = load_taxonomy(domain.name)
+    taxonomy = load_taxonomy(domain)
     accepted: list[str | None] = [None] * len(ids)
     pending = list(range(len(ids)))
     for attempt in range(checks.max_attempts):
@@ -136,7 +136,8 @@ def embedder(name: str) -> TextEmbedder:
 
 def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     config = ctx.config
-    taxonomy = load_taxonomy(spec.domain)
+    domain = load_domain(spec.domain, config.domains_dir)
+    taxonomy = load_taxonomy(domain)
     indices = range(spec.start, spec.stop)
     stratify = tuple(a for a in config.personas.stratify if a in taxonomy.attributes)
     traits = [
@@ -144,7 +145,7 @@ def run(spec: ShardSpec, ctx: StageContext) -> ShardOutput:
     ]
     ids = [stable_id("persona", spec.domain, config.seed, i) for i in indices]
     counters: Counter[str] = Counter()
-    descriptions = describe(load_domain(spec.domain), traits, ids, ctx, counters)
+    descriptions = describe(domain, traits, ids, ctx, counters)
     records = []
     for index, pid, trait_list, description in zip(indices, ids, traits, descriptions, strict=True):
         if description is None:
