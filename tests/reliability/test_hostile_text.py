@@ -82,7 +82,7 @@ def system_prompt(name: str) -> str:
 
 SYSTEMS = {
     system_prompt(name): name
-    for name in ("persona_description", "roleplay/question", "viewpoints", "rationale")
+    for name in ("persona_description", "roleplay/question_roleplay", "viewpoints", "rationale")
 }
 
 
@@ -93,7 +93,7 @@ def hostile_model(messages: list[dict[str, Any]], seed: int, max_tokens: int) ->
         return "AB"[int(tag[0], 16) % 2]
     unique = " ".join(tag[i : i + 4] for i in range(0, 64, 4))  # no two users near-duplicate
     asked = SYSTEMS.get(messages[0]["content"])
-    if asked == "roleplay/question":
+    if asked == "roleplay/question_roleplay":
         return f"{QUESTION_TEXT} {tag[:8]}?"
     if asked == "viewpoints":
         return "\n".join(f"- {line} {tag[:4]}" for line in VIEW_LINES)
