@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fspo_data.core.chat import ChatMessage
 from fspo_data.core.config import CountsConfig, load_yaml_model
 from fspo_data.core.records import Trait
-from fspo_data.prompts import PROMPT_DIR, file_hash, render_file
+from fspo_data.prompts import PROMPT_DIR, file_hash, render_file, template_path
 
 BUILT_IN_DIR = Path(__file__).parent
 SPEC_FILE = "domain.yaml"
@@ -86,13 +86,10 @@ class DomainSpec(DomainFile):
     def template_path(self, name: str) -> Path:
         """Template `name`: the domain's own prompts/NAME.txt, else the package's."""
         own = self.folder / "prompts" / f"{name}.txt"
-        return own if own.is_file() else PROMPT_DIR / f"{name}.txt"
+        return own if own.is_file() else template_path(name)
 
     def render(self, name: str, **values: str) -> list[ChatMessage]:
         return render_file(self.template_path(name), **values)
-
-    def template_hash(self, name: str) -> str:
-        return file_hash(self.template_path(name))
 
     def shots(self, counts: CountsConfig) -> int:
         """N for this domain's episodes: `counts.shots[name]`, else the domain's default."""

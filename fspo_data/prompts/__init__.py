@@ -3,7 +3,7 @@
 A template has `[system]` and/or `[user]` sections; `$name` placeholders are filled with
 `string.Template`, so braces, JSON or template markers inside user text stay literal. The
 templates of one domain may live in that domain's folder; `render_file` and `file_hash` take
-any template file by path, `render` and `template_hash` the ones here by name.
+any template file by path; `render` takes the ones here by name.
 """
 
 from __future__ import annotations
@@ -44,14 +44,10 @@ def file_hash(path: Path) -> str:
 
 
 def template_path(name: str) -> Path:
+    """This package's template `name`."""
     return PROMPT_DIR / f"{name}.txt"
 
 
 def render(name: str, **values: str) -> list[ChatMessage]:
     """`render_file` of this package's template `name`."""
     return render_file(template_path(name), **values)
-
-
-def template_hash(name: str) -> str:
-    """`file_hash` of this package's template `name`."""
-    return file_hash(template_path(name))
