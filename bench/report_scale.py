@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from fspo_data.core.config import JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Response
+from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
 from fspo_data.pipeline.report import build_report, headline_figures
 
@@ -68,7 +69,7 @@ def write(
 def personas(
     run_dir: Path, n: int, rng: np.random.Generator, embedder: PrecomputedEmbedder
 ) -> None:
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     picks = {
         name: np.array(list(w))[rng.choice(len(w), size=n, p=list(w.values()))]
         for name, w in taxonomy.attributes.items()

@@ -53,7 +53,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fspo_data.core.shards import load_manifest
     from fspo_data.stages import STAGES, plan_shards
 
-    config = load_config(args.run_dir / "config.yaml")
+    config = load_job(args.run_dir / "config.yaml")
     table = Table(title=f"{args.run_dir} (config {config.fingerprint()})")
     for column in ("stage", "committed shards", "rows", "state"):
         table.add_column(column)
@@ -80,6 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         sample_size=args.sample_size,
         seed=config.seed,
         flag_settings=config.stages.judge,
+        domains_dir=config.domains_dir,
     )
     for name, value in headline_figures(result).items():
         print(f"{name:>32}  {value:.4g}")

@@ -10,6 +10,7 @@ from fspo_data.core.config import load_config
 from fspo_data.core.fspo_format import format_prompt
 from fspo_data.core.records import Episode, Judgment
 from fspo_data.core.shards import load_manifest
+from fspo_data.domains import load_domain
 from fspo_data.pipeline.orchestrator import run_job
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import records_from_table
@@ -67,7 +68,7 @@ def test_episodes_come_from_one_user_and_match_the_prompt_format(tiny_run):
         assert all(j.kept for j in pairs)
         assert e.chosen != e.rejected and e.query_chosen != e.query_rejected
         assert e.prompt == format_prompt(e.shots, e.query_question)
-        assert len(e.shots) == config.counts.shots.for_domain(e.domain)
+        assert len(e.shots) == load_domain(e.domain).shots(config.counts)
 
 
 def test_rerun_resumes_without_recomputing_or_duplicating(tiny_run):

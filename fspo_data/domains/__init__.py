@@ -1,7 +1,16 @@
 """Domain specifications: how each domain makes users, questions and candidates.
 
-Each domain is a data file beside this module; this is the one registry that maps a
-config's domain name to its behaviour, so stages never branch on domain names.
+A domain is a folder of data files, and this is the one registry that maps a config's domain
+name to its behaviour, so stages never branch on domain names:
+
+    <name>/domain.yaml    the spec (`DomainSpec` less its name and folder), with default_shots
+    <name>/taxonomy.yaml  the trait taxonomy its users are sampled from
+    <name>/prompts/*.txt  templates of its own (optional); a template name in the spec is
+                          looked up there first, then among the package's `fspo_data/prompts/`
+
+The built-in domains are the folders beside this module. A job's `domains_dir` adds the
+folders in it, and is looked at first: a folder there named like a built-in domain replaces
+it, so changing a built-in domain is copying its folder there and editing the copy.
 """
 
 from __future__ import annotations
@@ -10,12 +19,20 @@ from functools import cache
 from pathlib import Path
 from string import Template
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from fspo_data.core.chat import ChatMessage
+from fspo_data.core.config import CountsConfig, load_yaml_model
 from fspo_data.core.records import Trait
+from fspo_data.prompts import PROMPT_DIR, file_hash, render_file, template_path
 
-DOMAIN_DIR = Path(__file__).parent
+BUILT_IN_DIR = Path(__file__).parent
+SPEC_FILE = "domain.yaml"
+TAXONOMY_FILE = "taxonomy.yaml"
+
+
+class DomainError(ValueError):
+    """A domain that cannot be used, phrased as one line naming the file and the field."""
 
 
 class _Spec(BaseModel):
@@ -46,12 +63,37 @@ class ResponseSpec(_Spec):
     )
 
 
-class DomainSpec(_Spec):
-    name: str
+class DomainFile(_Spec):
+    """What a domain.yaml holds."""
+
+    default_shots: int = Field(
+        gt=0, strict=True, description="Preference shots N per episode unless counts.shots says."
+    )
     persona: PersonaSpec
     questions: QuestionSpec
     responses: ResponseSpec
     stated_preference: str = Field(description="Sentence over $chosen_view and $rejected_view.")
+
+
+class DomainSpec(DomainFile):
+    name: str = Field(description="The domain's folder name.")
+    folder: Path = Field(description="The domain's folder.")
+
+    @property
+    def taxonomy_path(self) -> Path:
+        return self.folder / TAXONOMY_FILE
+
+    def template_path(self, name: str) -> Path:
+        """Template `name`: the domain's own prompts/NAME.txt, else the package's."""
+        own = self.folder / "prompts" / f"{name}.txt"
+        return own if own.is_file() else template_path(name)
+
+    def render(self, name: str, **values: str) -> list[ChatMessage]:
+        return render_file(self.template_path(name), **values)
+
+    def shots(self, counts: CountsConfig) -> int:
+        """N for this domain's episodes: `counts.shots[name]`, else the domain's default."""
+        return counts.shots.get(self.name, self.default_shots)
 
     def templated_description(self, traits: list[Trait]) -> str:
         return Template(self.persona.description).substitute({t.name: t.value for t in traits})
@@ -66,9 +108,50 @@ class DomainSpec(_Spec):
         )
 
 
+def _search_path(domains_dir: Path | None) -> tuple[Path, ...]:
+    return (BUILT_IN_DIR,) if domains_dir is None else (Path(domains_dir), BUILT_IN_DIR)
+
+
+def available_domains(domains_dir: Path | None = None) -> list[str]:
+    """Names of every domain a job with this `domains_dir` can use, sorted."""
+    return sorted(
+        {
+            p.parent.name
+            for folder in _search_path(domains_dir)
+            for p in folder.glob(f"*/{SPEC_FILE}")
+        }
+    )
+
+
 @cache
-def load_domain(name: str) -> DomainSpec:
-    path = DOMAIN_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"domain: unknown domain {name!r} (no {path.name} in {DOMAIN_DIR})")
-    return DomainSpec.model_validate({"name": name, **yaml.safe_load(path.read_text())})
+def load_domain(name: str, domains_dir: Path | None = None) -> DomainSpec:
+    """Domain `name` from `domains_dir` if it has one, else the built-in one. A `DomainError`
+    if there is none or a file is missing, a `ConfigError` if domain.yaml is malformed; both
+    are one line naming the file."""
+    known = available_domains(domains_dir)
+    if name not in known:
+        raise DomainError(f"unknown domain {name!r} (known: {', '.join(known)})")
+    folder = next(f / name for f in _search_path(domains_dir) if (f / name / SPEC_FILE).is_file())
+    path = folder / SPEC_FILE
+    domain = DomainSpec(name=name, folder=folder, **dict(load_yaml_model(path, DomainFile)))
+    if not domain.taxonomy_path.is_file():
+        raise DomainError(f"{path}: no {TAXONOMY_FILE} beside it")
+    for field, template in (
+        ("questions.prompt", domain.questions.prompt),
+        ("responses.prompt", domain.responses.prompt),
+    ):
+        if template and not domain.template_path(template).is_file():
+            raise DomainError(
+                f"{path}: {field}: no {template}.txt in {folder / 'prompts'} or {PROMPT_DIR}"
+            )
+    return domain
+
+
+def template_hashes(names: list[str], domains_dir: Path | None = None) -> dict[str, str]:
+    """Content hash of every template a job of these domains may render: the package's by
+    name, each domain's own as `domain/name`."""
+    hashes = {p.stem: file_hash(p) for p in sorted(PROMPT_DIR.glob("*.txt"))}
+    for name in names:
+        own = load_domain(name, domains_dir).folder / "prompts"
+        hashes |= {f"{name}/{p.stem}": file_hash(p) for p in sorted(own.glob("*.txt"))}
+    return hashes

@@ -1,18 +1,39 @@
-"""Weighted trait taxonomies (data files under `taxonomies/`) and seeded trait sampling."""
+"""Weighted trait taxonomies (each domain's taxonomy.yaml) and seeded trait sampling."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
+from fspo_data.core.config import load_yaml_model
 from fspo_data.core.records import Trait, derived_seed
 
-TAXONOMY_DIR = Path(__file__).parent / "taxonomies"
+
+class TaxonomySource(Protocol):
+    """Where a domain's taxonomy is (a `fspo_data.domains.DomainSpec` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def taxonomy_path(self) -> Path: ...
+
+
+class _AttributeFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    values: dict[str, PositiveFloat] = Field(min_length=1)
+    source: str = ""
+    exclusive: bool = False
+
+
+class _TaxonomyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[str, _AttributeFile] = Field(min_length=1)
 
 
 class Taxonomy(BaseModel):
@@ -29,18 +50,20 @@ class Taxonomy(BaseModel):
     exclusive: frozenset[str] = frozenset()
 
 
+def load_taxonomy(domain: TaxonomySource) -> Taxonomy:
+    """The trait taxonomy of `domain`; a `ConfigError` naming the file and field if malformed."""
+    return _read_taxonomy(domain.taxonomy_path, domain.name)
+
+
 @cache
-def load_taxonomy(domain: str) -> Taxonomy:
-    path = TAXONOMY_DIR / f"{domain}.yaml"
-    if not path.is_file():
-        raise ValueError(f"domain: no trait taxonomy for {domain!r} (expected {path})")
-    raw = yaml.safe_load(path.read_text())["attributes"]
+def _read_taxonomy(path: Path, domain: str) -> Taxonomy:
+    raw = load_yaml_model(path, _TaxonomyFile).attributes
     attributes = {}
     for name, spec in raw.items():
-        total = float(sum(spec["values"].values()))
-        attributes[name] = {str(v): w / total for v, w in spec["values"].items()}
-    sources = {name: spec.get("source", "") for name, spec in raw.items()}
-    exclusive = frozenset(name for name, spec in raw.items() if spec.get("exclusive"))
+        total = sum(spec.values.values())
+        attributes[name] = {value: w / total for value, w in spec.values.items()}
+    sources = {name: spec.source for name, spec in raw.items()}
+    exclusive = frozenset(name for name, spec in raw.items() if spec.exclusive)
     return Taxonomy(domain=domain, attributes=attributes, sources=sources, exclusive=exclusive)
 
 

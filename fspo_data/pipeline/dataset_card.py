@@ -19,6 +19,7 @@ from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.fspo_format import format_completion, format_prompt, format_rat_completion
 from fspo_data.core.records import Shot
 from fspo_data.core.shards import Manifest, load_manifest
+from fspo_data.domains import load_domain
 from fspo_data.pipeline.summary import StageSummary
 from fspo_data.stages import STAGES
 
@@ -76,6 +77,15 @@ def front_matter(
     }
 
 
+def _shots(config: JobConfig) -> str:
+    try:
+        return ", ".join(
+            f"{d} {load_domain(d, config.domains_dir).shots(config.counts)}" for d in config.domains
+        )
+    except ValueError as exc:  # the run's domains_dir may not travel with its run folder
+        return f"not recorded ({exc})"
+
+
 def render_card(
     run_dir: Path,
     repo_id: str,
@@ -95,11 +105,7 @@ def render_card(
         repo_id=repo_id,
         default_config=next(iter(rows)),
         splits_table=_splits_table(rows),
-        shots=(
-            ", ".join(f"{d} {config.counts.shots.for_domain(d)}" for d in config.domains)
-            if config
-            else "not recorded"
-        ),
+        shots=_shots(config) if config else "not recorded",
         prompt_format=_prompt_outline(),
         completion_format=_one_line(format_completion("{response}")),
         rationale_note=_rationale_note() if has_rationale else "",

@@ -56,7 +56,7 @@ def domain_plan(
     from fspo_data.stages import STAGES
     from fspo_data.stages.base import Estimate
 
-    domain, est = load_domain(name), Estimate(chars_per_token)
+    domain, est = load_domain(name, config.domains_dir), Estimate(chars_per_token)
     loads = [
         load
         for stage in STAGES

@@ -36,8 +36,8 @@ from fspo_data.core.shards import (
     reconcile_with_disk,
     remove,
 )
-from fspo_data.domains import load_domain
-from fspo_data.prompts import template_hash
+from fspo_data.domains import DomainSpec, load_domain
+from fspo_data.prompts import PROMPT_DIR, file_hash
 from fspo_data.stages.base import ShardSpec, Stage
 
 
@@ -45,10 +45,22 @@ class RunConfigMismatch(ValueError):
     """The run folder holds a run of another seed."""
 
 
+def template_hashes(stage: Stage, domain: DomainSpec) -> dict[str, str]:
+    """Content hash of each template `stage` renders for `domain`, by name; a template of the
+    domain's own folder as `domain/name`."""
+    hashes = {}
+    for name in stage.prompts(domain):
+        path = domain.template_path(name)
+        hashes[name if path.parent == PROMPT_DIR else f"{domain.name}/{name}"] = file_hash(path)
+    return hashes
+
+
 def stage_prompts(stage: Stage, config: JobConfig) -> dict[str, str]:
-    """Template name -> content hash, for every template `stage` renders in the job's domains."""
-    names = {name for domain in config.domains for name in stage.prompts(load_domain(domain))}
-    return {name: template_hash(name) for name in sorted(names)}
+    """`template_hashes` of `stage` over the job's domains (the dataset card lists them)."""
+    hashes: dict[str, str] = {}
+    for name in config.domains:
+        hashes |= template_hashes(stage, load_domain(name, config.domains_dir))
+    return dict(sorted(hashes.items()))
 
 
 def shard_recipe(stage: Stage, domain: str, config: JobConfig) -> dict[str, str]:
@@ -56,9 +68,12 @@ def shard_recipe(stage: Stage, domain: str, config: JobConfig) -> dict[str, str]
     recipe: dict[str, Any] = dict(stage.settings(config))
     if stage.needs_llm:
         recipe |= {f"model.{k}": v for k, v in config.model.identity().items()}
-    spec = load_domain(domain)
-    recipe |= {f"prompt:{name}": template_hash(name) for name in stage.prompts(spec)}
-    recipe["domain:" + domain] = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+    spec = load_domain(domain, config.domains_dir)
+    recipe |= {f"prompt:{key}": digest for key, digest in template_hashes(stage, spec).items()}
+    taxonomy = spec.taxonomy_path.read_bytes()
+    recipe["domain:" + domain] = hashlib.sha256(
+        spec.model_dump_json().encode() + taxonomy
+    ).hexdigest()[:12]
     return {key: json.dumps(value, sort_keys=True) for key, value in sorted(recipe.items())}
 
 

@@ -1,7 +1,9 @@
 """Prompt templates live here as text files, one per prompt; code only fills them in.
 
 A template has `[system]` and/or `[user]` sections; `$name` placeholders are filled with
-`string.Template`, so braces, JSON or template markers inside user text stay literal.
+`string.Template`, so braces, JSON or template markers inside user text stay literal. The
+templates of one domain may live in that domain's folder; `render_file` and `file_hash` take
+any template file by path; `render` takes the ones here by name.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ _ROLES = ("system", "user")
 
 
 @cache
-def _sections(name: str) -> tuple[tuple[str, Template], ...]:
-    path = PROMPT_DIR / f"{name}.txt"
+def _sections(path: Path) -> tuple[tuple[str, Template], ...]:
     sections: list[tuple[str, list[str]]] = []
     for line in path.read_text().splitlines():
         header = line.strip()
@@ -32,11 +33,21 @@ def _sections(name: str) -> tuple[tuple[str, Template], ...]:
     return tuple((role, Template("\n".join(lines).strip())) for role, lines in sections)
 
 
-def render(name: str, **values: str) -> list[ChatMessage]:
-    """The chat messages of template `name` with every `$placeholder` filled."""
-    return [ChatMessage(role=role, content=t.substitute(values)) for role, t in _sections(name)]
+def render_file(path: Path, **values: str) -> list[ChatMessage]:
+    """The chat messages of the template file `path` with every `$placeholder` filled."""
+    return [ChatMessage(role=role, content=t.substitute(values)) for role, t in _sections(path)]
 
 
-def template_hash(name: str) -> str:
+def file_hash(path: Path) -> str:
     """Short content hash, recorded in manifests so a dataset card can name the prompts used."""
-    return hashlib.sha256((PROMPT_DIR / f"{name}.txt").read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def template_path(name: str) -> Path:
+    """This package's template `name`."""
+    return PROMPT_DIR / f"{name}.txt"
+
+
+def render(name: str, **values: str) -> list[ChatMessage]:
+    """`render_file` of this package's template `name`."""
+    return render_file(template_path(name), **values)

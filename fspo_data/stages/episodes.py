@@ -112,14 +112,15 @@ def plan_shard(
     planned: list[PlannedEpisode] = []
     for index, persona in enumerate(personas):
         start, count = rows_of.get(persona.persona_uuid, (0, 0))
-        user_held_out = load_domain(persona.domain).is_held_out_user(persona.traits) or held_out(
+        domain = load_domain(persona.domain, config.domains_dir)
+        user_held_out = domain.is_held_out_user(persona.traits) or held_out(
             config.seed, "user", persona.persona_uuid, splits.test_user_fraction
         )
         for e in cut_user(
             persona.persona_uuid,
             test_question[start : start + count],
             user_held_out,
-            config.counts.shots.for_domain(persona.domain),
+            domain.shots(config.counts),
             config.seed,
         ):
             owners.append(index)

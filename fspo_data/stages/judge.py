@@ -354,7 +354,7 @@ def _prefixed(texts: pl.DataFrame, role: str) -> pl.DataFrame:
 @gc_paused()
 def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     config, settings = ctx.config, ctx.config.stages.judge
-    domain = load_domain(spec.domain)
+    domain = load_domain(spec.domain, config.domains_dir)
     inputs = shard_inputs(spec, tables, config)
     counters: Counter[str] = Counter()
     if not inputs.pool:

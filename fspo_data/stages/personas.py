@@ -84,7 +84,7 @@ def prompts(domain: DomainSpec) -> tuple[str, ...]:
 def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
     """One call per user; the description stand-in is what the judge prompts carry."""
     users, sampling = config.counts.users, config.stages.personas
-    traits = sample_traits(load_taxonomy(domain.name), config.seed, 0)
+    traits = sample_traits(load_taxonomy(domain), config.seed, 0)
     if not domain.persona.describe_with_model:
         est.stand_ins["description"] = domain.templated_description(traits)
         return [StageLoad("personas")]
@@ -107,7 +107,7 @@ def describe(
     if not domain.persona.describe_with_model:
         return [domain.templated_description(t) for t in traits]
     checks = ctx.config.stages.persona_checks
-    taxonomy = load_taxonomy(domain.name)
+    taxonomy = load_taxonomy(domain)
     accepted: list[str | None] = [None] * len(ids)
     pending = list(range(len(ids)))
     for attempt in range(checks.max_attempts):
@@ -164,7 +164,8 @@ def embedder(name: str) -> TextEmbedder:
 
 def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     config = ctx.config
-    taxonomy = load_taxonomy(spec.domain)
+    domain = load_domain(spec.domain, config.domains_dir)
+    taxonomy = load_taxonomy(domain)
     indices = range(spec.start, spec.stop)
     stratify = tuple(a for a in config.personas.stratify if a in taxonomy.attributes)
     traits = [
@@ -172,7 +173,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     ]
     ids = [stable_id("persona", spec.domain, config.seed, i) for i in indices]
     counters: Counter[str] = Counter()
-    descriptions = describe(load_domain(spec.domain), traits, ids, ctx, counters)
+    descriptions = describe(domain, traits, ids, ctx, counters)
     records = []
     for index, pid, trait_list, description in zip(indices, ids, traits, descriptions, strict=True):
         if description is None:

@@ -11,7 +11,6 @@ from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
-from fspo_data.prompts import render
 from fspo_data.stages.base import (
     Estimate,
     Inputs,
@@ -28,7 +27,7 @@ from fspo_data.stages.base import (
 def topics(domain: DomainSpec) -> list[str]:
     spec = domain.questions
     if spec.topics_from_trait:
-        return sorted(load_taxonomy(domain.name).attributes[spec.topics_from_trait])
+        return sorted(load_taxonomy(domain).attributes[spec.topics_from_trait])
     return list(spec.topics)
 
 
@@ -42,7 +41,7 @@ def question_request(
     domain: DomainSpec, topic: str, sampling: SamplingConfig, seed: int
 ) -> ChatRequest:
     return ChatRequest(
-        messages=render(domain.questions.prompt, topic=topic),
+        messages=domain.render(domain.questions.prompt, topic=topic),
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -121,7 +120,7 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
 
 
 def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
-    domain = load_domain(spec.domain)
+    domain = load_domain(spec.domain, ctx.config.domains_dir)
     indices = range(spec.start, spec.stop)
     chosen = [question_topic(domain, i) for i in indices]
     ids = [stable_id("question", spec.domain, ctx.config.seed, i) for i in indices]

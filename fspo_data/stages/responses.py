@@ -103,7 +103,7 @@ def response_request(
     domain: DomainSpec, question: Question, view: str, sampling: SamplingConfig
 ) -> ChatRequest:
     return ChatRequest(
-        messages=render(domain.responses.prompt, view=view, question=question.question),
+        messages=domain.render(domain.responses.prompt, view=view, question=question.question),
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -151,7 +151,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     config = ctx.config
     count = config.counts.candidates_per_question
     questions = records_from_table(inputs["questions"], Question)
-    domain = load_domain(spec.domain)
+    domain = load_domain(spec.domain, config.domains_dir)
     counters: Counter[str] = Counter()
     views = choose_views(domain, questions, count, ctx, counters)
     planned = [(q, view) for q, q_views in zip(questions, views, strict=True) for view in q_views]

@@ -27,6 +27,7 @@ def test_job_completes_with_every_record_despite_20_percent_faults(tmp_path, mon
     # and the judge reads its fixed logprobs.
     with FakeOpenAIServer(FaultScript(rate=0.2, kinds=FAULTS, seed=11)) as server:
         data = base.model_dump() | {"run_dir": tmp_path, "domains": ["review"]}
+        data["counts"]["shots"] = {"review": 2}  # shots may name only the job's domains
         data["model"] |= {
             "backend": "openai",
             "openai": {

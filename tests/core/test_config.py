@@ -18,11 +18,6 @@ def test_demo_and_tiny_configs_load():
         ("run_dir: r\ncounts: {users: -1}\n", "counts.users"),
         ("run_dir: r\ncounts: {users: many}\n", "counts.users"),
         ("run_dir: r\nbogus: 1\n", "bogus: unknown field"),
-        (
-            "run_dir: r\ncounts: {shots: {roleplay: 9}, pairs_per_user: 5}\n",
-            "counts.shots.roleplay + 1 (10) exceeds",
-        ),
-        ("run_dir: r\ndomains: [poetry]\n", "domains.0"),
         ("run_dir: r\nmodel: {backend: tgi}\n", "model.backend"),
         ("run_dir: r\nstages: {judge: {mode: lenient}}\n", "stages.judge.mode"),
         ("counts: {users: 3}\n", "run_dir: Field required"),

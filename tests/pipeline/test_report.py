@@ -10,6 +10,7 @@ import pytest
 
 from fspo_data.core.config import JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Record, Response, to_table
+from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy, sample_traits
 from fspo_data.pipeline.report import ReportResult, build_report, headline_figures
 from tests.conftest import write_stage
@@ -53,7 +54,7 @@ N_QUESTIONS = 10
 
 
 def personas() -> list[Persona]:
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     return [
         make(
             Persona,
@@ -151,7 +152,7 @@ def test_report_figures_on_a_tiny_run(full_run: ReportResult) -> None:
     sims = vectors @ vectors.T
     assert report.personas.mean_cosine == pytest.approx(sims[~np.eye(4, dtype=bool)].mean())
 
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     assert [t.attribute for t in report.traits] == list(taxonomy.attributes)
     ages = [t.value for p in personas() for t in p.traits if t.name == "age_band"]
     age = report.traits[0]

@@ -72,7 +72,8 @@ def openai_config(run_dir: Path, base_url: str, **settings: object) -> JobConfig
         "max_retries": 2,
     }
     model = base["model"] | {"backend": "openai", "replicas": 1, "openai": openai | settings}
-    return instant_config(run_dir, domains=["review"], model=model)
+    counts = base["counts"] | {"shots": {"review": 2}}  # shots may name only the job's domains
+    return instant_config(run_dir, domains=["review"], counts=counts, model=model)
 
 
 def committed_shards(run_dir: Path) -> dict[str, set[str]]:

@@ -65,7 +65,20 @@ MALFORMED = {
     "backend_missing": ("run_dir: r\nmodel: {backend: }\n", "model.backend: Input should be"),
     "model_section_empty": ("run_dir: r\nmodel:\n", "model: Input should be a valid dictionary"),
     "backend_unknown": ("run_dir: r\nmodel: {backend: llama.cpp}\n", "model.backend:"),
-    "domain_unknown": ("run_dir: r\ndomains: [roleplay, Poetry]\n", "domains.1: Input should"),
+    "domain_unknown": (
+        "run_dir: r\ndomains: [roleplay, Poetry]\n",
+        "domains.1: unknown domain 'Poetry' (known: elix, review, roleplay)",
+    ),
+    "shots_domain_not_in_job": (
+        "run_dir: r\ncounts: {shots: {elix: 2}}\n",
+        "counts.shots.elix: 'elix' is not in domains (roleplay)",
+    ),
+    "shots_not_a_number": ("run_dir: r\ncounts: {shots: {roleplay: yes}}\n", "shots.roleplay:"),
+    "domains_dir_missing": (
+        "run_dir: r\ndomains_dir: no_such_folder\n",
+        "domains_dir: no_such_folder is not a folder",
+    ),
+    "domains_dir_empty": ('run_dir: r\ndomains_dir: ""\n', "domains_dir: must not be empty"),
     "domains_empty": ("run_dir: r\ndomains: []\n", "domains: List should have at least 1"),
     "domain_twice": ("run_dir: r\ndomains: [elix, elix]\n", "domains: a domain is listed more"),
     "temperature_negative": (

@@ -38,8 +38,9 @@ from fspo_data.core.records import (
     to_table,
 )
 from fspo_data.core.shards import Manifest, read_committed, save_manifest, write_shard
+from fspo_data.domains import BUILT_IN_DIR
 from fspo_data.pipeline.orchestrator import execute_shard, run_job
-from fspo_data.prompts import PROMPT_DIR, render
+from fspo_data.prompts import PROMPT_DIR, render, render_file
 from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import StageContext, records_from_table
 from tests.backends.fake_openai_server import FakeOpenAIServer
@@ -66,17 +67,23 @@ TEXTS = ("question", "chosen", "rejected")  # a shot's text fields
 RECORD_TYPES = (Persona, Question, Response, Judgment, Episode, RatEpisode)
 
 
+# Every template a stage may render: the package's, and each built-in domain's own.
+TEMPLATES = {p.stem: p for p in PROMPT_DIR.glob("*.txt")} | {
+    f"{p.parents[1].name}/{p.stem}": p for p in BUILT_IN_DIR.glob("*/prompts/*.txt")
+}
+
+
 def placeholders(name: str) -> set[str]:
-    return set(Template((PROMPT_DIR / f"{name}.txt").read_text()).get_identifiers())
+    return set(Template(TEMPLATES[name].read_text()).get_identifiers())
 
 
 def system_prompt(name: str) -> str:
-    return render(name, **dict.fromkeys(placeholders(name), ""))[0].content
+    return render_file(TEMPLATES[name], **dict.fromkeys(placeholders(name), ""))[0].content
 
 
 SYSTEMS = {
     system_prompt(name): name
-    for name in ("persona_description", "question_roleplay", "viewpoints", "rationale")
+    for name in ("persona_description", "roleplay/question_roleplay", "viewpoints", "rationale")
 }
 
 
@@ -87,7 +94,7 @@ def hostile_model(messages: list[dict[str, Any]], seed: int, max_tokens: int) ->
         return "AB"[int(tag[0], 16) % 2]
     unique = " ".join(tag[i : i + 4] for i in range(0, 64, 4))  # no two users near-duplicate
     asked = SYSTEMS.get(messages[0]["content"])
-    if asked == "question_roleplay":
+    if asked == "roleplay/question_roleplay":
         return f"{QUESTION_TEXT} {tag[:8]}?"
     if asked == "viewpoints":
         return "\n".join(f"- {line} {tag[:4]}" for line in VIEW_LINES)
@@ -101,14 +108,14 @@ def scripted(request: ChatRequest) -> Completion:
     return Completion(text=hostile_model(messages, request.seed, request.max_tokens))
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in PROMPT_DIR.glob("*.txt")))
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_template_puts_hostile_text_verbatim_in_its_own_slots(name: str) -> None:
     """Sections come from the template file alone and `$` in a value is never rescanned:
     the rendering equals the template rendered with markers, markers replaced afterwards."""
     slots = placeholders(name)
-    marked = render(name, **{slot: f"\ue000{slot}\ue000" for slot in slots})
+    marked = render_file(TEMPLATES[name], **{slot: f"\ue000{slot}\ue000" for slot in slots})
     for kind, text in HOSTILE.items():
-        rendered = render(name, **dict.fromkeys(slots, text))
+        rendered = render_file(TEMPLATES[name], **dict.fromkeys(slots, text))
         assert [m.role for m in rendered] == [m.role for m in marked], kind
         for message, skeleton in zip(rendered, marked, strict=True):
             expected = skeleton.content

@@ -11,7 +11,7 @@ from tests.conftest import ScriptedBackend, echo_text, tables
 
 
 def test_traits_are_seeded_and_cover_every_attribute():
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     traits = sample_traits(taxonomy, seed=3, index=5)
     assert traits == sample_traits(taxonomy, seed=3, index=5)
     assert [t.name for t in traits] == list(taxonomy.attributes)
@@ -21,7 +21,7 @@ def test_traits_are_seeded_and_cover_every_attribute():
 
 
 def test_persona_prompt_lists_traits_and_parse_rejects_short_text():
-    traits = sample_traits(load_taxonomy("roleplay"), 0, 0)
+    traits = sample_traits(load_taxonomy(load_domain("roleplay")), 0, 0)
     request = personas.persona_request(traits, SamplingConfig(), seed=1)
     assert all(t.value in request.messages[-1].content for t in traits)
     assert personas.parse_description("Too short.") is None
@@ -47,7 +47,7 @@ def test_parse_views_dedups_and_tops_up():
 
 def test_short_contradicting_and_duplicate_descriptions_are_regenerated(tmp_path):
     config = JobConfig(run_dir=tmp_path, counts={"users": 4})
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     traits = [sample_traits(taxonomy, config.seed, i) for i in range(4)]
     gender = next(t.value for t in traits[3] if t.name == "gender")
     other_gender = next(v for v in taxonomy.attributes["gender"] if v != gender)
@@ -118,7 +118,7 @@ def test_question_parse_unwraps_what_small_models_write():
 
 
 def test_stratified_attributes_meet_their_quotas_exactly():
-    taxonomy = load_taxonomy("roleplay")
+    taxonomy = load_taxonomy(load_domain("roleplay"))
     total = 50
     drawn = [
         sample_traits(taxonomy, 0, i, stratify=("gender", "region"), total=total)

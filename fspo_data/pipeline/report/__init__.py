@@ -86,6 +86,7 @@ def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSumma
         sample_size=config.report.sample_size,
         seed=config.seed,
         flag_settings=config.stages.judge,
+        domains_dir=config.domains_dir,
     )
     figures = {k: None if math.isnan(v) else v for k, v in headline_figures(result).items()}
     summary = summary.model_copy(update={"diversity": figures})
@@ -100,6 +101,7 @@ def build_report(
     seed: int = 0,
     *,
     flag_settings: JudgeConfig,
+    domains_dir: Path | None = None,
 ) -> ReportResult:
     """Compute every figure and write RUN_DIR/report/diversity.{json,html}.
 
@@ -107,7 +109,8 @@ def build_report(
     `sample_size` caps what the quadratic figures look at (nearest-neighbour queries, users in
     the agreement matrix), drawn with `seed`. `flag_settings` is the run's judge config: its
     `flag_agreement` and `flag_min_shared` decide the near-duplicate labellers, as in the run
-    summary.
+    summary. The trait figures read the taxonomies of the run's domains, from `domains_dir` as
+    the run did.
     """
     run_dir = Path(run_dir)
     timer = Timer()
@@ -139,7 +142,7 @@ def build_report(
         traits = personas.select("persona_uuid", "domain", "traits").explode("traits")
         traits = traits.unnest("traits")
         with timer("traits"):
-            report.traits = trait_figures(traits, report.notes)
+            report.traits = trait_figures(traits, report.notes, domains_dir)
         with timer("plots"):
             image = plots.persona_map(personas, traits, vectors, seed)
             sections.append(html.persona_section(report.personas, image))

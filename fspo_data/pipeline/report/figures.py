@@ -8,12 +8,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
 from fspo_data.core.config import JudgeConfig
+from fspo_data.domains import load_domain
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.taxonomy import load_taxonomy
 
@@ -159,14 +161,16 @@ def text_figures(
     )
 
 
-def trait_figures(traits: pl.DataFrame, notes: list[str]) -> list[TraitFigures]:
+def trait_figures(
+    traits: pl.DataFrame, notes: list[str], domains_dir: Path | None = None
+) -> list[TraitFigures]:
     """Per domain and taxonomy attribute, from (domain, name, value) rows, one per persona
     trait; what cannot be checked against a taxonomy goes to `notes`."""
     counts = traits.group_by("domain", "name", "value").len()
     out = []
     for domain in sorted(counts["domain"].unique().to_list()):
         try:
-            taxonomy = load_taxonomy(domain)
+            taxonomy = load_taxonomy(load_domain(domain, domains_dir))
         except ValueError as exc:
             notes.append(f"traits: {exc}; trait figures for {domain!r} skipped")
             continue
