@@ -69,7 +69,11 @@ def test_candidates_came_from_the_domains_own_template(poetry_run: JobConfig) ->
 
 
 def test_the_manifests_record_the_domains_templates(poetry_run: JobConfig) -> None:
+    """Each stage's manifest lists the templates that stage rendered, the domain's own ones
+    as `domain/name`."""
     own = Path(poetry_run.domains_dir) / "poetry" / "prompts"
-    hashes = load_manifest(poetry_run.run_dir / "responses").prompt_hashes
-    assert hashes["poetry/response_poetry"] == file_hash(own / "response_poetry.txt")
-    assert hashes["poetry/question_poetry"] == file_hash(own / "question_poetry.txt")
+    responses = load_manifest(poetry_run.run_dir / "responses").prompt_hashes
+    assert responses == {"poetry/response_poetry": file_hash(own / "response_poetry.txt")}
+    questions = load_manifest(poetry_run.run_dir / "questions").prompt_hashes
+    assert questions == {"poetry/question_poetry": file_hash(own / "question_poetry.txt")}
+    assert set(load_manifest(poetry_run.run_dir / "judge").prompt_hashes) == {"judge"}
