@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fspo_data.core.config import ConfigError, load_config
+from fspo_data.core.config import load_config
+from fspo_data.core.config_files import ConfigError
 from fspo_data.pipeline.plan import add_plan_command
 from fspo_data.pipeline.validate import load_job
 

@@ -1,7 +1,8 @@
 """The job config: YAML validated by pydantic, every field described, unknown keys refused.
 
 `load_config` turns any problem into a `ConfigError` whose message is one line naming
-the file and the field, which the CLI prints with exit code 2.
+the file and the field, which the CLI prints with exit code 2 (core/config_files.py reads
+and writes the YAML).
 """
 
 from __future__ import annotations
@@ -9,28 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from fspo_data.core.config_files import config_leaves, load_yaml_model
+
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
-M = TypeVar("M", bound=BaseModel)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased as one line: `FILE: FIELD: what is wrong`."""
 
 
 class StrictModel(BaseModel):
@@ -423,110 +418,5 @@ class JobConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_leaves(config: BaseModel, paths: Iterable[str]) -> dict[str, Any]:
-    """The values under each dotted path of `config`, flattened to dotted leaves.
-
-    `config_leaves(job, ["stages.judge"])` -> {"stages.judge.mode": "calibrated", ...}; a path
-    to a scalar gives that one leaf. Values are as the YAML holds them (JSON types).
-    """
-    tree = config.model_dump(mode="json")
-    leaves: dict[str, Any] = {}
-    for path in paths:
-        value: Any = tree
-        for key in path.split("."):
-            value = value[key]
-        leaves |= _flatten(value, path)
-    return leaves
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or not value:
-        return {prefix: value}
-    leaves: dict[str, Any] = {}
-    for key, inner in value.items():
-        leaves |= _flatten(inner, f"{prefix}.{key}")
-    return leaves
-
-
-def _one_line(path: Path, error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"].replace("Value error, ", "")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{path}: {field}: {message}{more}"
-
-
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping names one key twice; the message is `FIELD: key given twice (lines A and B)`."""
-
-    def __init__(self, field: str, first_line: int, second_line: int) -> None:
-        super().__init__(problem=f"{field}: key given twice (lines {first_line} and {second_line})")
-
-    def __str__(self) -> str:
-        return self.problem
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader (so `!!python` tags stay refused) that refuses a key given twice in one
-    mapping: plain PyYAML keeps the last value without a word.
-
-    A mapping is constructed before its children, so it records the dotted field of each
-    child mapping for their own check to name.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._fields: dict[int, str] = {}
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        parent = self._fields.get(id(node), "")
-        first_lines: dict[object, int] = {}
-        for key_node, value_node in node.value:
-            # Keys a `<<` merge brings in may be overridden here, as YAML intends.
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
-                key_node, yaml.ScalarNode
-            ):
-                continue
-            key = self.construct_object(key_node)
-            field = f"{parent}.{key}" if parent else str(key)
-            line = key_node.start_mark.line + 1
-            if key in first_lines:
-                raise DuplicateKeyError(field, first_lines[key], line)
-            first_lines[key] = line
-            self._fields[id(value_node)] = field
-        return super().construct_mapping(node, deep)
-
-
 def load_config(path: Path | str) -> JobConfig:
     return load_yaml_model(path, JobConfig)
-
-
-def load_yaml_model(path: Path | str, model: type[M]) -> M:
-    """Read a YAML config into `model`; any problem is a `ConfigError` of one line naming the
-    file and the field."""
-    path = Path(path)
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
-    except DuplicateKeyError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping of fields")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(path, exc)) from None
-
-
-def dump_config(config: BaseModel) -> str:
-    """A job or train config as the YAML its loader reads back."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

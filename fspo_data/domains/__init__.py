@@ -22,7 +22,8 @@ from string import Template
 from pydantic import BaseModel, ConfigDict, Field
 
 from fspo_data.core.chat import ChatMessage
-from fspo_data.core.config import CountsConfig, load_yaml_model
+from fspo_data.core.config import CountsConfig
+from fspo_data.core.config_files import load_yaml_model
 from fspo_data.core.records import Trait
 from fspo_data.prompts import PROMPT_DIR, file_hash, render_file, template_path
 

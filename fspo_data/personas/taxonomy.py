@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
-from fspo_data.core.config import load_yaml_model
+from fspo_data.core.config_files import load_yaml_model
 from fspo_data.core.records import Trait, derived_seed
 
 

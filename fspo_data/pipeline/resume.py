@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from fspo_data.core.config import JobConfig, dump_config
+from fspo_data.core.config import JobConfig
+from fspo_data.core.config_files import dump_config
 from fspo_data.core.shards import (
     CorruptManifest,
     Manifest,

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fspo_data.backends import backend_problems
-from fspo_data.core.config import ConfigError, JobConfig, load_config
+from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.config_files import ConfigError
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
 

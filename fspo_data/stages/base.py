@@ -22,7 +22,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend
-from fspo_data.core.config import JobConfig, config_leaves
+from fspo_data.core.config import JobConfig
+from fspo_data.core.config_files import config_leaves
 from fspo_data.core.records import Record
 from fspo_data.domains import DomainSpec
 

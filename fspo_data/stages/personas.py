@@ -7,7 +7,8 @@ from functools import cache
 from typing import Any
 
 from fspo_data.core.chat import ChatRequest, complete_all
-from fspo_data.core.config import JobConfig, SamplingConfig, config_leaves
+from fspo_data.core.config import JobConfig, SamplingConfig
+from fspo_data.core.config_files import config_leaves
 from fspo_data.core.records import Persona, Trait, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.personas.dedup import deduplicate

@@ -32,7 +32,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from fspo_data.backends.embedded import resolve_model_path
-from fspo_data.core.config import dump_config
+from fspo_data.core.config_files import dump_config
 from fspo_data.train.config import StageConfig, TrainConfig
 from fspo_data.train.data import TruncationStats, load_episodes, prepare_episodes
 from fspo_data.train.loss import ipo_loss

@@ -1,7 +1,8 @@
 import pytest
 
 from fspo_data import cli
-from fspo_data.core.config import ConfigError, JobConfig, load_config
+from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.config_files import ConfigError
 from tests.conftest import TESTS_DIR
 
 DEMO = TESTS_DIR.parent / "configs" / "demo.yaml"

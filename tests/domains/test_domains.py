@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fspo_data.core.config import ConfigError, CountsConfig, JobConfig
+from fspo_data.core.config import CountsConfig, JobConfig
+from fspo_data.core.config_files import ConfigError
 from fspo_data.domains import (
     BUILT_IN_DIR,
     DomainError,

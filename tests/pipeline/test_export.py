@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fspo_data.core.config import JobConfig, ModelConfig, dump_config
+from fspo_data.core.config import JobConfig, ModelConfig
+from fspo_data.core.config_files import dump_config
 from fspo_data.core.fspo_format import format_completion, format_prompt
 from fspo_data.core.records import Episode, Persona, Shot, Trait
 from fspo_data.core.shards import load_manifest, save_manifest

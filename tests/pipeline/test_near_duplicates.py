@@ -5,7 +5,8 @@ import json
 import re
 from pathlib import Path
 
-from fspo_data.core.config import JobConfig, dump_config, load_config
+from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.config_files import dump_config
 from fspo_data.core.records import Judgment
 from fspo_data.pipeline.export import export_run
 from fspo_data.pipeline.report import build_report

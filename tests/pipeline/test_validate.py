@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fspo_data.backends.vllm_engine import MAX_LOGPROBS
-from fspo_data.core.config import ConfigError, JobConfig, JudgeConfig
+from fspo_data.core.config import JobConfig, JudgeConfig
+from fspo_data.core.config_files import ConfigError
 from fspo_data.pipeline.validate import (
     job_problems,
     load_job,

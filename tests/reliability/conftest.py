@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from fspo_data.core.config import JobConfig, dump_config, load_config
+from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.config_files import dump_config
 from fspo_data.core.shards import file_sha256, load_manifest
 from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import Stage

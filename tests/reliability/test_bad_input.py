@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from fspo_data import cli
-from fspo_data.core.config import ConfigError
+from fspo_data.core.config_files import ConfigError
 from fspo_data.pipeline.orchestrator import run_job
 from tests.reliability.conftest import instant_config, run_cli
 

@@ -10,7 +10,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from fspo_data.backends.embedded import ensure_embedded_model
-from fspo_data.core.config import ConfigError
+from fspo_data.core.config_files import ConfigError
 from fspo_data.core.fspo_format import format_completion, format_prompt
 from fspo_data.core.records import Episode, Shot, Trait, to_table
 from fspo_data.train.config import load_train_config
