@@ -1,4 +1,5 @@
-"""Both-order judging: the judge prompt, one letter read from log-probabilities, verdicts.
+"""Both-order judging: the judge prompt, one letter read from log-probabilities, verdicts,
+label entropy, and the preferences refinement states.
 
 The judge stage and the trainer's evaluation judge both ask through here, so a pair is
 judged the same way wherever it is judged. For a pair (x, y):
@@ -20,6 +21,7 @@ import polars as pl
 
 from fspo_data.core.chat import ChatMessage, ChatRequest, Completion
 from fspo_data.core.config import JudgeConfig
+from fspo_data.domains import DomainSpec
 from fspo_data.prompts import render
 
 
@@ -222,3 +224,31 @@ def pair_margins(
     margins = [order_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
     both = np.array([math.nan if m is None else m for m in margins], dtype=float).reshape(-1, 2)
     return both[:, 0].copy(), both[:, 1].copy()
+
+
+def choose_stated_preferences(
+    description: str,
+    unsettled: list[tuple[str, str, float]],
+    domain: DomainSpec,
+    limit: int,
+) -> list[str]:
+    """Statements that settle up to `limit` unsettled pairs, given as (view_x, view_y, margin).
+
+    The preference follows the judge's own leaning (the sign of the debiased margin, x on a
+    tie), so refinement sharpens what the description already implies. A statement whose
+    reverse is already stated is skipped: it would make the description contradict itself.
+    """
+    chosen: list[str] = []
+    for view_x, view_y, margin in unsettled:
+        if view_x == view_y:
+            continue
+        better, worse = (view_x, view_y) if margin >= 0 else (view_y, view_x)
+        statement = domain.state_preference(better, worse)
+        reverse = domain.state_preference(worse, better)
+        stated = description + "\n" + "\n".join(chosen)
+        if statement in stated or reverse in stated:
+            continue
+        chosen.append(statement)
+        if len(chosen) == limit:
+            break
+    return chosen

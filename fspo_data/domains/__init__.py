@@ -103,6 +103,16 @@ class DomainSpec(DomainFile):
         held = self.persona.held_out_trait_values
         return any(t.value in held.get(t.name, ()) for t in traits)
 
+    def pair_difficulty(self, traits: list[Trait], view_x: str, view_y: str) -> str:
+        """ "easy" when a candidate was written for the user's own level (the trait named by
+        `responses.view_matches_trait`, e.g. elix's education level), else "hard"; "" where
+        the domain defines no difficulty."""
+        trait = self.responses.view_matches_trait
+        if not trait:
+            return ""
+        level = next((t.value for t in traits if t.name == trait), None)
+        return "easy" if level in (view_x, view_y) else "hard"
+
     def state_preference(self, chosen_view: str, rejected_view: str) -> str:
         return Template(self.stated_preference).substitute(
             chosen_view=chosen_view, rejected_view=rejected_view

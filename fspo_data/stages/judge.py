@@ -33,6 +33,7 @@ from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
     Verdicts,
     both_orders,
+    choose_stated_preferences,
     judge_requests,
     pair_margins,
     persona_message,
@@ -83,43 +84,6 @@ def assign_pairs(
     rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
     picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
     return [pool[i] for i in sorted(picks)]
-
-
-def choose_stated_preferences(
-    description: str,
-    unsettled: list[tuple[str, str, float]],
-    domain: DomainSpec,
-    limit: int,
-) -> list[str]:
-    """Statements that settle up to `limit` unsettled pairs, given as (view_x, view_y, margin).
-
-    The preference follows the judge's own leaning (the sign of the debiased margin, x on a
-    tie), so refinement sharpens what the description already implies. A statement whose
-    reverse is already stated is skipped: it would make the description contradict itself.
-    """
-    chosen: list[str] = []
-    for view_x, view_y, margin in unsettled:
-        if view_x == view_y:
-            continue
-        better, worse = (view_x, view_y) if margin >= 0 else (view_y, view_x)
-        statement = domain.state_preference(better, worse)
-        reverse = domain.state_preference(worse, better)
-        stated = description + "\n" + "\n".join(chosen)
-        if statement in stated or reverse in stated:
-            continue
-        chosen.append(statement)
-        if len(chosen) == limit:
-            break
-    return chosen
-
-
-def pair_difficulty(domain: DomainSpec, persona: Persona, view_x: str, view_y: str) -> str:
-    """elix: "easy" when a candidate was written for the user's own level, else "hard"."""
-    trait = domain.responses.view_matches_trait
-    if not trait:
-        return ""
-    level = next((t.value for t in persona.traits if t.name == trait), None)
-    return "easy" if level in (view_x, view_y) else "hard"
 
 
 @dataclass
@@ -339,7 +303,7 @@ def judgment_table(
     difficulty = [""] * frame.height
     if domain.responses.view_matches_trait:
         difficulty = [
-            pair_difficulty(domain, personas[u], *inputs.views(p))
+            domain.pair_difficulty(personas[u].traits, *inputs.views(p))
             for u, p in zip(users, pairs, strict=True)
         ]
     frame = frame.with_columns(difficulty=pl.Series(difficulty, dtype=pl.String))

@@ -242,7 +242,7 @@ def test_without_refinement_the_unsettled_pairs_are_dropped(tmp_path):
 def test_stated_preferences_never_contradict_the_description():
     domain = load_domain("roleplay")
     existing = "A user.\n" + domain.state_preference("V1", "V0")
-    chosen = judge.choose_stated_preferences(
+    chosen = judging.choose_stated_preferences(
         existing,
         [("V0", "V1", 0.2), ("V0", "V2", 0.1), ("V0", "V2", 0.3), ("V2", "V2", 1.0)],
         domain,
@@ -271,11 +271,11 @@ def test_elix_pairs_are_easy_when_a_candidate_targets_the_users_level():
         traits=[Trait(name="education_level", value="a college student")],
     )
     assert (
-        judge.pair_difficulty(domain, persona, "a college student", "an expert in the field")
+        domain.pair_difficulty(persona.traits, "a college student", "an expert in the field")
         == "easy"
     )
     assert (
-        judge.pair_difficulty(domain, persona, "a high school student", "an expert in the field")
+        domain.pair_difficulty(persona.traits, "a high school student", "an expert in the field")
         == "hard"
     )
-    assert judge.pair_difficulty(load_domain("roleplay"), persona, "a", "b") == ""
+    assert load_domain("roleplay").pair_difficulty(persona.traits, "a", "b") == ""
