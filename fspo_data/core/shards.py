@@ -225,12 +225,14 @@ def inputs_digest(manifest: Manifest, prefix: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_committed(run_dir: Path, stage: str, prefix: str = "") -> pa.Table:
+def read_committed(run_dir: Path, stage: str, prefix: str = "") -> tuple[pa.Table, str]:
+    """The committed shards of `stage` whose name starts with `prefix`, as one table, and
+    their `inputs_digest` (what a shard that reads them records)."""
     stage_dir = run_dir / stage
     manifest = load_manifest(stage_dir)
     if manifest is None:
         raise FileNotFoundError(f"{stage_dir}: no manifest; run the '{stage}' stage first")
-    return read_tables(stage_dir, manifest, prefix)
+    return read_tables(stage_dir, manifest, prefix), inputs_digest(manifest, prefix)
 
 
 def committed_entries(run_dir: Path, stage: str) -> dict[str, ShardEntry]:

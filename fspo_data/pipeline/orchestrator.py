@@ -37,9 +37,7 @@ from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
     OutputWriteError,
     ShardEntry,
-    inputs_digest,
-    load_manifest,
-    read_tables,
+    read_committed,
     remove_temp_files,
     save_manifest,
     write_shard,
@@ -107,15 +105,12 @@ def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Path) -> tuple[Inputs, d
     types; and `{stage}/{prefix}` -> digest of each group read."""
     tables, digests = {}, {}
     for source in stage.inputs:
-        prefix, stage_dir = source.prefix(spec), run_dir / source.stage
-        manifest = load_manifest(stage_dir)
-        if manifest is None:
-            raise FileNotFoundError(f"{stage_dir}: no manifest; run the '{source.stage}' stage")
-        table = read_tables(stage_dir, manifest, prefix)
+        prefix = source.prefix(spec)
+        table, digest = read_committed(run_dir, source.stage, prefix)
         record_type = STAGES_BY_NAME[source.stage].record_type
         require_columns(stage.name, f"{source.stage}/{prefix}*", table, record_type)
         tables[source.stage] = table
-        digests[f"{source.stage}/{prefix}"] = inputs_digest(manifest, prefix)
+        digests[f"{source.stage}/{prefix}"] = digest
     return tables, digests
 
 
@@ -222,8 +217,7 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     else:
         pool.release()
         pending = [run_cpu_shard.remote(config, s) for s in todo]
-    names = {ref: spec.name for ref, spec in zip(pending, todo, strict=True)}
-    entry_domain = {ref: spec.domain for ref, spec in zip(pending, todo, strict=True)}
+    spec_of = dict(zip(pending, todo, strict=True))
     bar = tqdm(
         total=len(specs),
         initial=len(specs) - len(todo),
@@ -236,9 +230,9 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            entry = shard_result(done[0])
-            entry.recipe = recipes[entry_domain[done[0]]]
-            manifest.shards[names[done[0]]] = entry
+            spec, entry = spec_of[done[0]], shard_result(done[0])
+            entry.recipe = recipes[spec.domain]
+            manifest.shards[spec.name] = entry
             bar.update(1)
             bar.set_postfix(rows=manifest.rows)
             if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:

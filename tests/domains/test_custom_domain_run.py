@@ -41,10 +41,10 @@ def poetry_run(tmp_path_factory: pytest.TempPathFactory) -> JobConfig:
 
 
 def test_the_custom_domain_makes_episodes_with_its_default_shots(poetry_run: JobConfig) -> None:
-    episodes = records_from_table(read_committed(poetry_run.run_dir, "episodes"), Episode)
+    episodes = records_from_table(read_committed(poetry_run.run_dir, "episodes")[0], Episode)
     assert episodes and {e.domain for e in episodes} == {"poetry"}
     assert {len(e.shots) for e in episodes} == {2}  # default_shots of its domain.yaml
-    questions = records_from_table(read_committed(poetry_run.run_dir, "questions"), Question)
+    questions = records_from_table(read_committed(poetry_run.run_dir, "questions")[0], Question)
     topics = {"the sea", "autumn leaves", "a city at night", "an old dog", "the first snow"}
     assert {q.trait_varied for q in questions} == topics
 
@@ -55,9 +55,9 @@ def test_candidates_came_from_the_domains_own_template(poetry_run: JobConfig) ->
     domain = load_domain("poetry", poetry_run.domains_dir)
     questions = {
         q.question_uuid: q
-        for q in records_from_table(read_committed(poetry_run.run_dir, "questions"), Question)
+        for q in records_from_table(read_committed(poetry_run.run_dir, "questions")[0], Question)
     }
-    responses = records_from_table(read_committed(poetry_run.run_dir, "responses"), Response)
+    responses = records_from_table(read_committed(poetry_run.run_dir, "responses")[0], Response)
     assert {r.view for r in responses} == {"rhyming", "free verse", "haiku"}
     double = InstantBenchmarkDouble(poetry_run.model)
     for response in responses:

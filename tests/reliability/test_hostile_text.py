@@ -203,7 +203,7 @@ def test_hostile_model_output_flows_through_every_stage(tmp_path) -> None:
 
 def assert_hostile_text_survived(config: JobConfig) -> None:
     """Every stage's committed records carry the hostile text as the stages define it."""
-    read = {s.name: records_from_table(read_committed(config.run_dir, s.name), s.record_type)
+    read = {s.name: records_from_table(read_committed(config.run_dir, s.name)[0], s.record_type)
             for s in STAGES if plan_shards(s, config)}  # fmt: skip
     collapsed = " ".join(EVERYTHING.split())  # descriptions and rationales are one line
     assert all(collapsed in p.persona_description for p in read["personas"])
