@@ -152,6 +152,10 @@ def init_ray(config: JobConfig) -> None:
         return
     # Ray 2.60 otherwise writes an auth token under the home folder.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Every shard's result is read (`shard_result`); the only errors never read are those of
+    # shards abandoned when the run stops on its first error, which Ray would log, traceback
+    # and all, after the one line that says why the run stopped.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     ray.init(
         # "local", not None: None would join any cluster a `ray start` left on this machine.
         address=config.ray.address or "local",
