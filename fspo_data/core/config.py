@@ -184,9 +184,11 @@ class ModelConfig(StrictModel):
         return config_leaves(self, paths)
 
     @model_validator(mode="after")
-    def _endpoint_given(self) -> ModelConfig:
+    def _settings_fit_the_backend(self) -> ModelConfig:
         if self.backend == "openai" and self.openai is None:
             raise ValueError("backend 'openai' needs an `openai:` section (base_url, model)")
+        if self.simulate_truncation and self.backend != "instant-benchmark-double":
+            raise ValueError("simulate_truncation is for backend 'instant-benchmark-double' only")
         return self
 
 
