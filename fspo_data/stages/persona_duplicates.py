@@ -2,7 +2,8 @@
 
 A CPU stage with one shard per domain reads every committed persona shard of the domain and
 runs the same passes as the per-shard dedup (exact, MinHash, optional embedding) in persona
-index order, so a user is flagged only as a duplicate of an earlier one. The persona shards
+index order, so a user is flagged only as a duplicate of an earlier one; like that dedup,
+only model-written descriptions are compared. The persona shards
 stay as they are (nothing downstream is re-cut); the episodes stage reads the flags and cuts
 no episodes for a flagged user. Being a stage, a changed persona shard or threshold
 recomputes the flags, and the flags' digest recomputes the episodes that read them.
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import PersonaDuplicate
+from fspo_data.domains import load_domain
 from fspo_data.personas.dedup import deduplicate
 from fspo_data.stages.base import (
     Inputs,
@@ -64,6 +66,10 @@ def find_duplicates(personas: pa.Table, domain: str, config: JobConfig) -> list[
 
 
 def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
+    # A templated domain (review, elix) gives every user of a type the same description on
+    # purpose, as the per-shard dedup knows: only model-written descriptions are compared.
+    if not load_domain(spec.domain, ctx.config.domains_dir).persona.describe_with_model:
+        return ShardOutput(records=[])
     records = find_duplicates(inputs["personas"], spec.domain, ctx.config)
     counters: Counter[str] = Counter()
     if records:

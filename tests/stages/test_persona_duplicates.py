@@ -46,6 +46,14 @@ def test_a_near_duplicate_description_in_another_shard_is_caught(tmp_path):
     assert output.counters["personas_cross_shard_duplicates"] == 2
 
 
+def test_templated_descriptions_are_alike_on_purpose_and_never_flagged(tmp_path):
+    config = JobConfig(run_dir=tmp_path, domains=["review"], counts={"users": 5})
+    (spec,) = plan_shards(persona_duplicates.STAGE, config)
+    personas = pa.concat_tables([shard(0, 5)] * 2)  # every description twice
+    output = persona_duplicates.run(spec, {"personas": personas}, StageContext(config))
+    assert output.records == []
+
+
 def test_the_flags_are_read_by_episodes_and_follow_the_dedup_thresholds():
     episodes = STAGES_BY_NAME["episodes"]
     assert ("persona_duplicates", "domain") in {(i.stage, i.align) for i in episodes.inputs}
