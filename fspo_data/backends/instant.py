@@ -21,6 +21,15 @@ def _digest(request: ChatRequest) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
+    """`text` as a model would return it if it wanted `natural_tokens` and got `max_tokens`:
+    whole, or its first share of characters with finish_reason 'length'."""
+    if natural_tokens <= max_tokens:
+        return Completion(text=text, completion_tokens=natural_tokens, finish_reason="stop")
+    kept = len(text) * max_tokens // natural_tokens
+    return Completion(text=text[:kept], completion_tokens=max_tokens, finish_reason="length")
+
+
 class InstantBenchmarkDouble:
     """Judge requests get seeded letter log-probabilities; others get a text that every
     stage's parser accepts (a question line, then two more lines usable as views)."""
@@ -28,6 +37,7 @@ class InstantBenchmarkDouble:
     def __init__(self, model: ModelConfig) -> None:
         self.model_name = NAME
         self._stats = BackendStats()
+        self._simulate_truncation = model.simulate_truncation
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         started = time.perf_counter()
@@ -53,7 +63,11 @@ class InstantBenchmarkDouble:
             f"View of reader {tag[8:14]}\nView of critic {tag[14:20]}\n"
             f"View of novice {tag[20:26]}"
         )
-        return Completion(text=text, completion_tokens=min(request.max_tokens, 40))
+        if self._simulate_truncation:
+            return _cut(text, natural_tokens=20 + digest[2] % 81, max_tokens=request.max_tokens)
+        return Completion(
+            text=text, completion_tokens=min(request.max_tokens, 40), finish_reason="stop"
+        )
 
     def stats(self) -> BackendStats:
         return self._stats.model_copy()

@@ -149,6 +149,7 @@ def parse_completion(raw: bytes, top_logprobs: int) -> Completion:
         completion_tokens=_count(usage, "completion_tokens"),
         cached_prompt_tokens=_count(details, "cached_tokens") if isinstance(details, dict) else 0,
         first_token_logprobs=logprobs,
+        finish_reason=choice.get("finish_reason") or "",
     )
 
 

@@ -122,4 +122,5 @@ def _to_completion(output: object) -> Completion:
         completion_tokens=len(first.token_ids),
         cached_prompt_tokens=output.num_cached_tokens or 0,
         first_token_logprobs=logprobs,
+        finish_reason=first.finish_reason or "",
     )

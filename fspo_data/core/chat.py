@@ -45,6 +45,15 @@ class Completion(BaseModel):
         description="Decoded first-token alternatives (stripped) -> best log-probability.",
     )
     retries: int = 0
+    finish_reason: str = Field(
+        default="",
+        description="Why generation ended: 'stop' (the model finished), 'length' (cut at "
+        "max_tokens), '' when the backend does not say.",
+    )
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class BackendStats(BaseModel):

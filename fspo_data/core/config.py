@@ -165,6 +165,11 @@ class ModelConfig(StrictModel):
     enable_prefix_caching: bool = Field(
         default=True, description="Reuse the KV cache of shared prompt prefixes (the persona)."
     )
+    simulate_truncation: bool = Field(
+        default=False,
+        description="instant-benchmark-double only, for tests: give each text a seeded length "
+        "of 20-100 tokens and cut it at max_tokens (finish_reason 'length') when longer.",
+    )
 
     def identity(self) -> dict[str, Any]:
         """The settings that change what the model writes (which engine, weights, precision,
@@ -172,14 +177,18 @@ class ModelConfig(StrictModel):
         endpoint's address, key variable, limits and retry budget). `max_malformed_retries`
         moves seeds, so it is in."""
         paths = ["backend", "model", "dtype", "max_model_len"]
+        if self.simulate_truncation:
+            paths.append("simulate_truncation")
         if self.openai is not None:
             paths += ["openai.model", "openai.max_malformed_retries"]
         return config_leaves(self, paths)
 
     @model_validator(mode="after")
-    def _endpoint_given(self) -> ModelConfig:
+    def _settings_fit_the_backend(self) -> ModelConfig:
         if self.backend == "openai" and self.openai is None:
             raise ValueError("backend 'openai' needs an `openai:` section (base_url, model)")
+        if self.simulate_truncation and self.backend != "instant-benchmark-double":
+            raise ValueError("simulate_truncation is for backend 'instant-benchmark-double' only")
         return self
 
 
@@ -321,6 +330,28 @@ class RationalesConfig(StrictModel):
     )
 
 
+class TruncationConfig(StrictModel):
+    retry_factor: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="A persona description, question, view listing or candidate cut at "
+        "max_tokens is generated once more with max_tokens times this (capped by "
+        "model.max_model_len less the prompt); cut again, it is dropped and counted. 1 drops "
+        "it at once.",
+    )
+
+
+class EpisodesConfig(StrictModel):
+    repeats: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Passes over each user's train pairs, each a new seeded shuffle cut into "
+        "windows (as the public FSPO trainer builds several); an episode a pass repeats is "
+        "dropped and counted. Held-out splits are cut once.",
+    )
+
+
 class PersonaSamplingConfig(StrictModel):
     stratify: list[str] = Field(
         default_factory=list,
@@ -353,6 +384,9 @@ class StagesConfig(StrictModel):
     persona_checks: PersonaChecksConfig = Field(
         default=PersonaChecksConfig(), description="Rejection and dedup of persona descriptions."
     )
+    truncation: TruncationConfig = Field(
+        default=TruncationConfig(), description="What happens to texts cut at max_tokens."
+    )
 
 
 class JobConfig(StrictModel):
@@ -374,6 +408,7 @@ class JobConfig(StrictModel):
     model: ModelConfig = Field(default=ModelConfig(), description="The model backend.")
     stages: StagesConfig = Field(default=StagesConfig(), description="Per-stage settings.")
     splits: SplitsConfig = Field(default=SplitsConfig(), description="Held-out users/questions.")
+    episodes: EpisodesConfig = Field(default=EpisodesConfig(), description="How episodes are cut.")
     personas: PersonaSamplingConfig = Field(
         default=PersonaSamplingConfig(), description="How persona traits are sampled."
     )

@@ -142,6 +142,17 @@ class Persona(Record):
     persona_description: str
 
 
+class PersonaDuplicate(Record):
+    """A persona whose description near-duplicates an earlier user's of its domain that the
+    per-shard dedup could not see (another shard); it gets no episodes."""
+
+    id_field: ClassVar[str] = "persona_uuid"
+    persona_uuid: str
+    domain: str
+    duplicate_of: str
+    reason: str
+
+
 class Question(Record):
     id_field: ClassVar[str] = "question_uuid"
     question_uuid: str

@@ -5,7 +5,15 @@ it reads shard by shard; `plan_shards` is the one place that resolves this.
 """
 
 from fspo_data.core.config import JobConfig
-from fspo_data.stages import episodes, judge, personas, questions, rationales, responses
+from fspo_data.stages import (
+    episodes,
+    judge,
+    persona_duplicates,
+    personas,
+    questions,
+    rationales,
+    responses,
+)
 from fspo_data.stages.base import ShardSpec, Stage
 
 STAGES: tuple[Stage, ...] = (
@@ -13,6 +21,9 @@ STAGES: tuple[Stage, ...] = (
     questions.STAGE,
     responses.STAGE,
     judge.STAGE,
+    # A CPU stage: placed after the last LLM stage before episodes, so that the engines
+    # are not released and restarted between LLM stages.
+    persona_duplicates.STAGE,
     episodes.STAGE,
     rationales.STAGE,
 )

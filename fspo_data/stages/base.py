@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend
+from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend, complete_all
 from fspo_data.core.config import JobConfig
 from fspo_data.core.config_files import config_leaves
 from fspo_data.core.records import Record
@@ -225,6 +225,42 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def complete_whole(
+    ctx: StageContext, requests: list[ChatRequest], counters: Counter[str], what: str
+) -> list[Completion]:
+    """`complete_all`, then each completion cut at max_tokens asked once more with a larger
+    budget (`stages.truncation`); one cut again comes back `ok=False`, so no stage writes it
+    as if whole. Counted as `{what}_regenerated_truncated` and `{what}_dropped_truncated`.
+
+    The retry keeps the request's seed, so a seeded engine writes the same opening again.
+    """
+    completions = complete_all(ctx.llm(), requests, counters, what)
+    factor, context = ctx.config.stages.truncation.retry_factor, ctx.config.model.max_model_len
+    retries: dict[int, ChatRequest] = {}
+    for i, (request, completion) in enumerate(zip(requests, completions, strict=True)):
+        if not (completion.ok and completion.truncated):
+            continue
+        budget = min(math.ceil(request.max_tokens * factor), context - completion.prompt_tokens)
+        if budget > request.max_tokens:
+            retries[i] = request.model_copy(update={"max_tokens": budget})
+        else:
+            completions[i] = _dropped_truncated(completion, counters, what)
+    if not retries:
+        return completions
+    counters[f"{what}_regenerated_truncated"] += len(retries)
+    again = complete_all(ctx.llm(), list(retries.values()), counters, what)
+    for i, completion in zip(retries, again, strict=True):
+        completions[i] = (
+            _dropped_truncated(completion, counters, what) if completion.truncated else completion
+        )
+    return completions
+
+
+def _dropped_truncated(completion: Completion, counters: Counter[str], what: str) -> Completion:
+    counters[f"{what}_dropped_truncated"] += 1
+    return completion.model_copy(update={"ok": False, "error": "cut at max_tokens"})
 
 
 def records_from_table(table: pa.Table, record_type: type[R]) -> list[R]:

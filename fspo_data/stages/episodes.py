@@ -57,15 +57,38 @@ class PlannedEpisode(NamedTuple):
     shots: list[int]
 
 
+def window_episode(window: np.ndarray, questions: np.ndarray, split: str) -> PlannedEpisode | None:
+    """A window of shots+1 pair positions as an episode whose query's question is in none of
+    its shots: the last pair whose question is alone in the window is the query (the window's
+    last pair when it can be, as before). None when every question occurs twice or more.
+
+    questions: (k,) a question code per pair of the user, indexed by the positions."""
+    codes = questions[window]
+    alone = [i for i in range(len(window) - 1, -1, -1) if (codes == codes[i]).sum() == 1]
+    if not alone:
+        return None
+    query = alone[0]
+    return PlannedEpisode(split, int(window[query]), np.delete(window, query).tolist())
+
+
 def cut_user(
-    persona_uuid: str, test_question: np.ndarray, user_held_out: bool, shots: int, seed: int
+    persona_uuid: str,
+    questions: np.ndarray,
+    test_question: np.ndarray,
+    user_held_out: bool,
+    shots: int,
+    seed: int,
+    repeats: int,
+    counters: Counter[str],
 ) -> list[PlannedEpisode]:
     """Episodes of one user, as positions into the user's kept pairs sorted by judgment id.
 
-    test_question: (k,) whether each kept pair's question is held out. The pairs are shuffled
-    with a seed of the user; non-overlapping windows of shots+1 make train (or test_users)
-    episodes; each held-out-question pair becomes a query with `shots` seeded picks of the
-    user's other pairs as shots.
+    questions: (k,) a question code per kept pair; test_question: (k,) whether its question
+    is held out. The pairs are shuffled with a seed of the user; non-overlapping windows of
+    shots+1 make train (or test_users) episodes, `repeats` times over for train, each pass a
+    new shuffle (the first pass's seed is the one used before repeats existed); each
+    held-out-question pair becomes a query with `shots` seeded picks of the user's other
+    pairs as shots. A window in which no pair's question is alone is skipped and counted.
     """
     rng = np.random.default_rng(derived_seed("episodes", seed, persona_uuid))
     order = rng.permutation(len(test_question))
@@ -74,10 +97,21 @@ def cut_user(
     else:
         test = test_question[order]
         seen, queries, split = order[~test], order[test], "train"
-    windows = len(seen) // (shots + 1)
-    cut = seen[: windows * (shots + 1)].reshape(windows, shots + 1)
-    episodes = [PlannedEpisode(split, int(w[shots]), w[:shots].tolist()) for w in cut]
+    passes = [seen]
+    for repeat in range(1, 1 if user_held_out else repeats):
+        again = np.random.default_rng(derived_seed("episodes", seed, persona_uuid, repeat))
+        passes.append(again.permutation(seen))
+    episodes = []
+    for pairs in passes:
+        windows = len(pairs) // (shots + 1)
+        for window in pairs[: windows * (shots + 1)].reshape(windows, shots + 1):
+            episode = window_episode(window, questions, split)
+            if episode is None:
+                counters["windows_skipped_query_in_shots"] += 1
+            else:
+                episodes.append(episode)
     if len(seen) >= shots:
+        # Held-out questions are in no shot (`seen` excludes them), so no query's question is.
         for query in queries.tolist():
             picks = np.sort(rng.choice(len(seen), size=shots, replace=False))
             episodes.append(PlannedEpisode("test_questions", query, seen[picks].tolist()))
@@ -92,7 +126,7 @@ def kept_pairs(judgments: pa.Table) -> pa.Table:
 
 
 def plan_shard(
-    personas: list[Persona], kept: pa.Table, config: JobConfig
+    personas: list[Persona], kept: pa.Table, config: JobConfig, counters: Counter[str]
 ) -> tuple[list[int], list[PlannedEpisode]]:
     """(e,) persona index and planned episode, with positions made rows of `kept`."""
     users, starts, counts = np.unique(
@@ -108,6 +142,8 @@ def plan_shard(
     ]
     test_question = pc.is_in(kept["question_uuid"], value_set=pa.array(held, pa.string()))
     test_question = test_question.to_numpy(zero_copy_only=False)
+    question_codes = pc.index_in(kept["question_uuid"], value_set=pa.array(questions, pa.string()))
+    question_codes = question_codes.to_numpy(zero_copy_only=False)
     owners: list[int] = []
     planned: list[PlannedEpisode] = []
     for index, persona in enumerate(personas):
@@ -118,10 +154,13 @@ def plan_shard(
         )
         for e in cut_user(
             persona.persona_uuid,
+            question_codes[start : start + count],
             test_question[start : start + count],
             user_held_out,
             domain.shots(config.counts),
             config.seed,
+            config.episodes.repeats,
+            counters,
         ):
             owners.append(index)
             planned.append(PlannedEpisode(e.split, start + e.query, [start + s for s in e.shots]))
@@ -129,17 +168,39 @@ def plan_shard(
 
 
 def episode_table(
-    personas_table: pa.Table, judgments: pa.Table, config: JobConfig, counters: Counter[str]
+    personas_table: pa.Table,
+    judgments: pa.Table,
+    config: JobConfig,
+    counters: Counter[str],
+    duplicate_users: pa.Table | None = None,
 ) -> pa.Table:
     """(e,) episodes with Episode's schema from a shard's personas and (j,) judgments.
 
     Episodes come user by user in persona order; the description is the one the labels
-    follow (after refinement), taken from the query judgment.
+    follow (after refinement), taken from the query judgment. Users listed in
+    `duplicate_users` (`persona_duplicates` records) get none; an episode a repeat pass cuts
+    again (same query, same shots in the same order: the same id) is kept once.
     """
+    if duplicate_users is not None and duplicate_users.num_rows:
+        flagged = pc.is_in(
+            personas_table["persona_uuid"], value_set=duplicate_users["persona_uuid"]
+        )
+        counters["users_skipped_duplicate_persona"] += pc.sum(flagged).as_py()
+        personas_table = personas_table.filter(pc.invert(flagged))
     personas = records_from_table(personas_table, Persona)
     kept = kept_pairs(judgments)
-    owners, planned = plan_shard(personas, kept, config)
+    owners, planned = plan_shard(personas, kept, config, counters)
     ids = kept["judgment_uuid"].to_pylist()
+    episode_ids = [
+        stable_id("episode", personas[owner].persona_uuid, ids[e.query], *[ids[r] for r in e.shots])
+        for owner, e in zip(owners, planned, strict=True)
+    ]
+    first = np.unique(np.array(episode_ids, dtype=object), return_index=True)[1]
+    if dropped := len(episode_ids) - len(first):
+        counters["repeat_duplicates_dropped"] += dropped
+        unique = np.sort(first).tolist()
+        owners, planned = [owners[i] for i in unique], [planned[i] for i in unique]
+        episode_ids = [episode_ids[i] for i in unique]
     query = kept.take(pa.array([e.query for e in planned], pa.int64()))
     shot_rows = pa.array([r for e in planned for r in e.shots], pa.int64())
     offsets = pa.array(np.cumsum([0] + [len(e.shots) for e in planned]), pa.int32())
@@ -152,10 +213,7 @@ def episode_table(
     )
     owner_uuids = [personas[i].persona_uuid for i in owners]
     columns = {
-        "episode_uuid": [
-            stable_id("episode", uuid, ids[e.query], *[ids[r] for r in e.shots])
-            for uuid, e in zip(owner_uuids, planned, strict=True)
-        ],
+        "episode_uuid": episode_ids,
         "persona_uuid": owner_uuids,
         "domain": [personas[i].domain for i in owners],
         "split": [e.split for e in planned],
@@ -198,7 +256,9 @@ def user_episodes(persona: Persona, judgments: list[Judgment], config: JobConfig
 @gc_paused()
 def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     counters: Counter[str] = Counter()
-    table = episode_table(inputs["personas"], inputs["judge"], ctx.config, counters)
+    table = episode_table(
+        inputs["personas"], inputs["judge"], ctx.config, counters, inputs["persona_duplicates"]
+    )
     return ShardOutput(records=RecordTable(table, Episode), counters=counters)
 
 
@@ -209,7 +269,8 @@ STAGE = Stage(
     inputs=(
         StageInput(stage="personas", align="shard"),
         StageInput(stage="judge", align="shard"),
+        StageInput(stage="persona_duplicates", align="domain"),
     ),
-    settings=config_slice("seed", "counts.shots", "splits"),
+    settings=config_slice("seed", "counts.shots", "splits", "episodes"),
     run=run,
 )

@@ -6,7 +6,7 @@ from collections import Counter
 from functools import cache
 from typing import Any
 
-from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.chat import ChatRequest
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.config_files import config_leaves
 from fspo_data.core.records import Persona, Trait, derived_seed, stable_id
@@ -28,6 +28,7 @@ from fspo_data.stages.base import (
     Stage,
     StageContext,
     StageLoad,
+    complete_whole,
     cut_shards,
 )
 
@@ -70,7 +71,7 @@ def cut(config: JobConfig) -> list[ShardSpec]:
 
 
 def settings(config: JobConfig) -> dict[str, Any]:
-    paths = ["seed", "personas", "stages.personas", "stages.persona_checks"]
+    paths = ["seed", "personas", "stages.personas", "stages.persona_checks", "stages.truncation"]
     # Quotas are dealt over all users: there the user count shapes every persona. Otherwise it
     # only says how far the shards go (a grown run re-cuts only its last shard).
     if config.personas.stratify:
@@ -102,8 +103,9 @@ def describe(
 ) -> list[str | None]:
     """One description per user: the domain's template, or the model's, checked.
 
-    Model-written descriptions that are short, contradict their traits or duplicate an
-    earlier one in the shard are regenerated with a new seed, up to `max_attempts` tries.
+    Model-written descriptions that failed, were cut at max_tokens twice (`complete_whole`),
+    are short, contradict their traits or duplicate an earlier one in the shard are
+    regenerated with a new seed, up to `max_attempts` tries.
     """
     if not domain.persona.describe_with_model:
         return [domain.templated_description(t) for t in traits]
@@ -116,10 +118,12 @@ def describe(
             persona_request(traits[i], ctx.config.stages.personas, derived_seed(ids[i], attempt))
             for i in pending
         ]
-        completions = complete_all(ctx.llm(), requests, counters, "personas")
+        completions = complete_whole(ctx, requests, counters, "personas")
         candidates = {}
         for i, completion in zip(pending, completions, strict=True):
-            text = parse_description(completion.text, checks.min_chars) if completion.ok else None
+            if not completion.ok:  # already counted: personas_failed or _dropped_truncated
+                continue
+            text = parse_description(completion.text, checks.min_chars)
             reason = rejection(text, traits[i], taxonomy)
             if reason:
                 counters[f"personas_rejected_{reason}"] += 1

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from string import Template
 
-from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.chat import ChatRequest
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
@@ -19,6 +19,7 @@ from fspo_data.stages.base import (
     Stage,
     StageContext,
     StageLoad,
+    complete_whole,
     config_slice,
     cut_shards,
 )
@@ -88,7 +89,7 @@ def phrase_questions(
             question_request(domain, chosen[i], sampling, derived_seed(ids[i], attempt))
             for i in pending
         ]
-        completions = complete_all(ctx.llm(), requests, counters, "questions")
+        completions = complete_whole(ctx, requests, counters, "questions")
         for i, c in zip(pending, completions, strict=True):
             phrased[i] = parse_question(c.text) if c.ok else None
     return phrased
@@ -150,7 +151,9 @@ STAGE = Stage(
     record_type=Question,
     needs_llm=True,
     # Unparsable questions are retried up to the persona checks' attempts.
-    settings=config_slice("seed", "stages.questions", "stages.persona_checks.max_attempts"),
+    settings=config_slice(
+        "seed", "stages.questions", "stages.persona_checks.max_attempts", "stages.truncation"
+    ),
     prompts=prompts,
     cut=cut,
     run=run,

@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from fspo_data.core.chat import ChatRequest, complete_all
+from fspo_data.core.chat import ChatRequest
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question, Response, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
@@ -25,6 +25,7 @@ from fspo_data.stages.base import (
     StageInput,
     StageLoad,
     clean_line,
+    complete_whole,
     config_slice,
     records_from_table,
 )
@@ -88,8 +89,8 @@ def choose_views(
     if not domain.responses.views_from_model:
         return [fixed_views(domain, q, count) for q in questions]
     sampling = ctx.config.stages.views
-    listings = complete_all(
-        ctx.llm(), [views_request(q, count, sampling) for q in questions], counters, "views"
+    listings = complete_whole(
+        ctx, [views_request(q, count, sampling) for q in questions], counters, "views"
     )
     chosen = []
     for listing in listings:
@@ -156,10 +157,12 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     views = choose_views(domain, questions, count, ctx, counters)
     planned = [(q, view) for q, q_views in zip(questions, views, strict=True) for view in q_views]
     requests = [response_request(domain, q, v, config.stages.responses) for q, v in planned]
-    completions = complete_all(ctx.llm(), requests, counters, "responses")
+    completions = complete_whole(ctx, requests, counters, "responses")
     records = []
     for (question, view), completion in zip(planned, completions, strict=True):
-        text = completion.text.strip() if completion.ok else ""
+        if not completion.ok:  # already counted: responses_failed or _dropped_truncated
+            continue
+        text = completion.text.strip()
         if not text:
             counters["responses_dropped_empty"] += 1
             continue
@@ -182,7 +185,9 @@ STAGE = Stage(
     record_type=Response,
     needs_llm=True,
     inputs=(StageInput(stage="questions", align="shard"),),
-    settings=config_slice("counts.candidates_per_question", "stages.views", "stages.responses"),
+    settings=config_slice(
+        "counts.candidates_per_question", "stages.views", "stages.responses", "stages.truncation"
+    ),
     prompts=prompts,
     run=run,
     estimate=estimate,

@@ -82,7 +82,8 @@ class FakeOpenAIServer:
     """Serve until the `with` block ends; `base_url` ends in /v1 like real endpoints.
 
     `reply` maps a request body to the answer's text (default `expected_text`), so a test can
-    play a model that writes hostile text.
+    play a model that writes hostile text; `finish_reason` maps it to why the answer ended
+    (default 'stop'), so a test can play a model cut at max_tokens ('length').
     """
 
     def __init__(
@@ -90,10 +91,12 @@ class FakeOpenAIServer:
         script: FaultScript | None = None,
         model: str = "fake-model",
         reply: Callable[[dict[str, Any]], str] = expected_text,
+        finish_reason: Callable[[dict[str, Any]], str] = lambda _: "stop",
     ) -> None:
         self.script = script or FaultScript()
         self.model = model
         self.reply = reply
+        self.finish_reason = finish_reason
         self.counters = ServerCounters()
         self._lock = threading.Lock()
         self._rng = random.Random(self.script.seed)
@@ -195,12 +198,12 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(401, {"error": {"message": "invalid api key" + detail}})
             elif fault == "slow":
                 server.sleep(script.slow_s)
-                self._send_json(200, _completion(body, server.model, text))
+                self._send_json(200, _completion(body, server, text))
             elif fault == "truncated":
-                raw = json.dumps(_completion(body, server.model, text)).encode()
+                raw = json.dumps(_completion(body, server, text)).encode()
                 self._send_raw(200, raw[: len(raw) // 2])
             else:
-                self._send_json(200, _completion(body, server.model, text, fault))
+                self._send_json(200, _completion(body, server, text, fault))
 
         def _send_json(
             self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
@@ -220,12 +223,12 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _completion(
-    body: dict[str, Any], model: str, text: str, fault: Fault | None = None
+    body: dict[str, Any], server: FakeOpenAIServer, text: str, fault: Fault | None = None
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
         "message": {"role": "assistant", "content": None if fault == "null_content" else text},
-        "finish_reason": "stop",
+        "finish_reason": server.finish_reason(body),
         "logprobs": None,
     }
     top_k = int(body.get("top_logprobs") or 0)
@@ -236,7 +239,7 @@ def _completion(
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
-        "model": model,
+        "model": server.model,
         "choices": [] if fault == "empty" else [choice],
         "usage": {
             "prompt_tokens": prompt_chars // 4 + 1,

@@ -105,6 +105,17 @@ def test_results_come_back_in_request_order_with_usage() -> None:
     assert all(c.cached_prompt_tokens == 3 and c.retries == 0 for c in completions)
 
 
+def test_the_finish_reason_is_read() -> None:
+    requests = make_requests(4)
+    cut = {"question 1", "question 3"}
+    with FakeOpenAIServer(
+        finish_reason=lambda body: "length" if body["messages"][-1]["content"] in cut else "stop"
+    ) as server:
+        completions = make_backend(server).complete(requests)
+    assert [c.finish_reason for c in completions] == ["stop", "length", "stop", "length"]
+    assert [c.truncated for c in completions] == [False, True, False, True]
+
+
 def test_sampling_parameters_reach_the_server() -> None:
     (request,) = make_requests(1, top_logprobs=5)
     with FakeOpenAIServer() as server:

@@ -193,7 +193,8 @@ def test_hostile_model_output_flows_through_every_stage(tmp_path) -> None:
         manifest = Manifest(stage=stage.name, schema="", config_fingerprint="", package_versions={})
         for spec in plan_shards(stage, config):
             entry = execute_shard(spec, StageContext(config=config, backend=backend))
-            assert entry.rows, (stage.name, entry.counters)
+            # Distinct users: persona_duplicates rightly flags none.
+            assert entry.rows or stage.name == "persona_duplicates", (stage.name, entry.counters)
             manifest.shards[spec.name] = entry
         save_manifest(tmp_path / stage.name, manifest)
     assert_hostile_text_survived(config)

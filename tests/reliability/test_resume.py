@@ -54,6 +54,7 @@ def test_growing_users_recomputes_only_the_recut_shards(tmp_path, local_ray):
         "questions": 0,
         "responses": 0,
         "judge": 3,
+        "persona_duplicates": 3,
         "episodes": 3,
     }
     assert any("planned range is now [6, 9)" in n for s in grown.stages for n in s.notes)
@@ -72,6 +73,7 @@ def test_growing_questions_rejudges_every_user_of_the_domain(tmp_path, local_ray
         "questions": 3,
         "responses": 3,
         "judge": 9,
+        "persona_duplicates": 0,
         "episodes": 9,
     }
     assert any("its input questions" in n for s in grown.stages for n in s.notes)
@@ -124,6 +126,7 @@ def test_a_judge_setting_recomputes_only_the_judge_and_what_follows(tmp_path, lo
         "questions": 0,
         "responses": 0,
         "judge": shards,
+        "persona_duplicates": 0,
         "episodes": 0,
         "rationales": 0,
     }
@@ -159,6 +162,7 @@ def test_an_edited_judge_template_rejudges(tmp_path, local_ray):
         "questions": 0,
         "responses": 0,
         "judge": shards,
+        "persona_duplicates": 0,
         "episodes": shards,
     }
     line = f"judge: prompt template judge changed, {shards} of {shards} shards recomputed"
@@ -214,6 +218,7 @@ def test_manifest_is_checked_against_the_files(tmp_path, local_ray):
         "questions": 0,
         "responses": 0,
         "judge": 1,
+        "persona_duplicates": 0,
         "episodes": 9,
     }
     assert assert_run_is_whole(run_dir, config) == before

@@ -1,7 +1,19 @@
+import random
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import Judgment, Persona, Trait
+from fspo_data.core.records import (
+    Episode,
+    Judgment,
+    Persona,
+    PersonaDuplicate,
+    RecordTable,
+    Trait,
+    to_table,
+)
 from fspo_data.stages import episodes
 
 
@@ -130,3 +142,99 @@ def test_interpolated_review_users_are_held_out():
     pure = _persona("u", "review", [Trait(name="review_preference", value="positive")])
     assert {e.split for e in episodes.user_episodes(mixed, judgments, config)} == {"test_users"}
     assert {e.split for e in episodes.user_episodes(pure, judgments, config)} == {"train"}
+
+
+def _cut(config: JobConfig, judgments: list[Judgment], users: list[Persona], duplicates=None):
+    counters: Counter[str] = Counter()
+    table = episodes.episode_table(
+        to_table(users, Persona), to_table(judgments, Judgment), config, counters, duplicates
+    )
+    return list(RecordTable(table, Episode)), counters
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_query_question_is_among_its_own_shots(seed):
+    """Property: over random users, questions, shots, splits and repeats."""
+    rng = random.Random(seed)
+    shots = rng.randint(1, 5)
+    config = JobConfig(
+        run_dir="x",
+        seed=seed,
+        counts={"shots": {"roleplay": shots}},
+        splits={"test_user_fraction": rng.random() / 2, "test_question_fraction": rng.random() / 2},
+        episodes={"repeats": rng.randint(1, 3)},
+    )
+    users = [_persona(f"u{u}") for u in range(rng.randint(1, 6))]
+    judgments = [
+        _judgment(p.persona_uuid, i, f"q{rng.randrange(rng.randint(1, 8))}", rng.random() < 0.9)
+        for p in users
+        for i in range(rng.randint(0, 30))
+    ]
+    result, counters = _cut(config, judgments, users)
+    for e in result:
+        assert e.query_question not in {s.question for s in e.shots}
+        assert len(e.shots) == shots
+    assert len({e.episode_uuid for e in result}) == len(result)
+    assert counters["windows_skipped_query_in_shots"] >= 0
+
+
+def test_a_window_whose_last_question_repeats_takes_another_query_or_is_skipped():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 2}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+    )
+    questions = np.array([0, 1, 1, 2, 2, 2])
+    episode = episodes.window_episode(np.array([0, 1, 2]), questions, "train")
+    assert episode == episodes.PlannedEpisode("train", 0, [1, 2])  # pair 2 shares q1 with 1
+    clean = episodes.window_episode(np.array([1, 3, 0]), questions, "train")
+    assert clean == episodes.PlannedEpisode("train", 0, [1, 3])  # the last pair, as before
+    assert episodes.window_episode(np.array([3, 4, 5]), questions, "train") is None
+    # One user, one question: no window can be formed, and each is counted.
+    judgments = [_judgment("u", i, "q") for i in range(6)]
+    result, counters = _cut(config, judgments, [_persona("u")])
+    assert result == []
+    assert counters["windows_skipped_query_in_shots"] == 2
+
+
+def test_repeats_add_reshuffled_passes_without_duplicate_episodes():
+    base = {"run_dir": "x", "counts": {"shots": {"roleplay": 2}}}
+    base["splits"] = {"test_user_fraction": 0, "test_question_fraction": 0.3}
+    judgments = [_judgment("u", i, f"q{i}") for i in range(12)]
+    once, _ = _cut(JobConfig(**base), judgments, [_persona("u")])
+    thrice, counters = _cut(JobConfig(**base, episodes={"repeats": 3}), judgments, [_persona("u")])
+    # The first pass is the episodes a single pass cuts; held-out queries are cut once.
+    assert [e for e in thrice if e.episode_uuid in {o.episode_uuid for o in once}] == once
+    assert [e for e in thrice if e.split != "train"] == [e for e in once if e.split != "train"]
+    assert len([e for e in thrice if e.split == "train"]) > len(
+        [e for e in once if e.split == "train"]
+    )
+    assert len({e.episode_uuid for e in thrice}) == len(thrice)
+    # Two pairs, one shot: every pass cuts one of two possible episodes, so repeats collide.
+    two = [_judgment("v", i, f"q{i}") for i in range(2)]
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 1}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+        episodes={"repeats": 8},
+    )
+    result, counters = _cut(config, two, [_persona("v")])
+    assert 1 <= len(result) <= 2 and len({e.episode_uuid for e in result}) == len(result)
+    assert counters["repeat_duplicates_dropped"] == 8 - len(result)
+
+
+def test_users_flagged_as_duplicates_of_an_earlier_user_get_no_episodes():
+    config = JobConfig(
+        run_dir="x",
+        counts={"shots": {"roleplay": 2}},
+        splits={"test_user_fraction": 0, "test_question_fraction": 0},
+    )
+    users = [_persona("u"), _persona("v")]
+    judgments = [_judgment(p.persona_uuid, i, f"q{i}") for p in users for i in range(6)]
+    flags = to_table(
+        [PersonaDuplicate(persona_uuid="v", domain="roleplay", duplicate_of="u", reason="minhash")],
+        PersonaDuplicate,
+    )
+    result, counters = _cut(config, judgments, users, flags)
+    assert {e.persona_uuid for e in result} == {"u"}
+    assert counters["users_skipped_duplicate_persona"] == 1
