@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend, complete_all
+from fspo_data.core.chat import LLMBackend
 from fspo_data.core.config import JobConfig, JudgeConfig
 from fspo_data.core.records import (
     Judgment,
@@ -31,14 +31,14 @@ from fspo_data.core.records import (
 )
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
+    LAYOUTS,
+    PairToJudge,
     Verdicts,
-    both_orders,
     choose_stated_preferences,
+    judge_both_orders,
     judge_requests,
-    pair_margins,
-    persona_message,
     reconcile_all,
-    user_message,
+    shared_prefix,
 )
 from fspo_data.stages.base import (
     Estimate,
@@ -132,25 +132,22 @@ class Margins:
 @dataclass
 class Jobs:
     """(j,) the (user, pair) judgments of a shard, user by user, with what their requests keep
-    across passes: the sampling seed and the user message in each order (refinement changes
-    only the persona message)."""
+    across passes: the sampling seed and the pair's texts (refinement changes only the
+    user's description)."""
 
     users: list[str]
     pairs: list[CandidatePair]
     seeds: list[int]
-    x_first: list[ChatMessage]
-    y_first: list[ChatMessage]
+    texts: list[tuple[str, str, str]]  # question, x, y
 
     @classmethod
     def build(cls, assigned: list[tuple[str, CandidatePair]], inputs: ShardInputs) -> Jobs:
         users, pairs = [u for u, _ in assigned], [p for _, p in assigned]
-        texts = [(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs]
         return cls(
             users=users,
             pairs=pairs,
             seeds=[derived_seed("judge", u, p) for u, p in assigned],
-            x_first=[user_message(q, x, y) for q, x, y in texts],
-            y_first=[user_message(q, y, x) for q, x, y in texts],
+            texts=[(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs],
         )
 
     def take(self, rows: list[int]) -> Jobs:
@@ -164,18 +161,13 @@ def judge_pass(
     descriptions: dict[str, str],
     counters: Counter[str],
 ) -> Margins:
-    """Both orders of every job, judged with the user's current description.
-
-    Requests are ordered user by user so each user's persona prefix is cached once.
-    """
-    requests: list[ChatRequest] = []
-    for user, seed, x_first, y_first in zip(
-        jobs.users, jobs.seeds, jobs.x_first, jobs.y_first, strict=True
-    ):
-        persona = persona_message(descriptions[user])
-        requests += both_orders(persona, x_first, y_first, settings, seed)
-    completions = complete_all(backend, requests, counters, "judge")
-    return Margins(*pair_margins(completions, settings))
+    """Both orders of every job, judged with the user's current description; the requests go
+    in the layout's prefix order (`judging.prefix_order`), the margins come back in job order."""
+    pairs = [
+        PairToJudge(descriptions[user], *texts, seed)
+        for user, texts, seed in zip(jobs.users, jobs.texts, jobs.seeds, strict=True)
+    ]
+    return Margins(*judge_both_orders(backend, pairs, settings, counters, "judge"))
 
 
 def refine(
@@ -342,32 +334,72 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=RecordTable(table, Judgment), counters=counters)
 
 
+def cache_groups(shared_by: str, users: int, pairs_per_user: int, pool: int) -> float:
+    """Expected cache groups (distinct shared prefixes) in one pass over a shard of `users`
+    users who each draw `pairs_per_user` = k of the `pool` = P pairs: U for groups by user;
+    for groups by pair-order, both orders of each distinct pair drawn,
+        2 D(U),  D(U) = P (1 - (1 - k/P)^U),
+    since a given pair is among a user's k of P with probability k/P, independently over users.
+    """
+    if shared_by == "user":
+        return float(users)
+    return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
+
+
+def shard_users(config: JobConfig) -> list[int]:
+    """Users in each judge shard of a domain (the persona plan: full shards, then the rest)."""
+    users, per_shard = config.counts.users, config.sharding.users_per_shard
+    return [per_shard] * (users // per_shard) + ([users % per_shard] if users % per_shard else [])
+
+
 def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
     """Both orders x samples_per_order per pair, for the first pass and each refinement round
     (whose descriptions carry the preferences stated so far; every user counted as relabelled,
-    an upper bound). With prefix caching the persona prefix (the system message) is computed
-    once per user and pass, so the rest of a user's calls count it as cached."""
+    an upper bound).
+
+    Cached tokens: within one pass over one shard the requests go in prefix order, so each
+    cache group's shared prefix (S tokens, `judging.shared_prefix`) is computed once and
+    served from the cache to the group's other calls. Per shard and pass, with C calls and
+    G groups (`cache_groups`), cached = (C - G) S; summed over the shards of the persona plan.
+    Nothing is counted as shared across shards or passes, nor the identical prompts of
+    samples_per_order > 1 beyond their group's prefix: a lower bound where the cache is big
+    enough to keep a group's prefix while its calls run (sorted order keeps them together).
+    """
     counts, settings = config.counts, config.stages.judge
+    layout = LAYOUTS[settings.layout]
     pool = counts.questions * math.comb(est.counts["candidates"], 2)
     if counts.pool_pairs is not None:
         pool = min(pool, counts.pool_pairs)
     est.counts["pool_pairs"] = pool
-    est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
-    calls_per_user = est.counts["pairs_per_user"] * 2 * settings.samples_per_order
+    pairs_per_user = est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
+    calls_per_user = pairs_per_user * 2 * settings.samples_per_order
     view, response = est.stand_ins["view"], est.stand_ins["response"]
     statement = domain.state_preference(view, view)
+    shards = shard_users(config)
+    groups = sum(cache_groups(layout.shared_by, u, pairs_per_user, pool) for u in shards)
     total = StageLoad("judge")
     for round_ in range(settings.refine_rounds + 1):
         stated = [statement] * (round_ * settings.stated_preferences_per_round)
-        persona = "\n".join([est.stand_ins["description"], *stated])
-        question = est.stand_ins["question"]
-        request = judge_requests(persona, question, response, response, settings, 0)[0]
+        values = {
+            "persona": "\n".join([est.stand_ins["description"], *stated]),
+            "question": est.stand_ins["question"],
+            "response_a": response,
+            "response_b": response,
+        }
+        request = judge_requests(*values.values(), settings, 0)[0]
         load = est.load("judge", counts.users * calls_per_user, request)
         cached = 0
         if config.model.enable_prefix_caching and calls_per_user:
-            cached = counts.users * (calls_per_user - 1) * est.tokens(request.messages[:1])
+            prefix = math.ceil(len(shared_prefix(settings.layout, values)) / est.chars_per_token)
+            cached = round((counts.users * calls_per_user - groups) * prefix)
         total = total + StageLoad("judge", load.calls, load.prompt_tokens, cached, load.calls)
     return [total]
+
+
+def judge_templates(_: DomainSpec) -> tuple[str, ...]:
+    """Both layouts' templates: the stage renders either (`stages.judge.layout`, in its
+    settings, says which), so an edit to either recomputes its shards."""
+    return tuple(layout.template for layout in LAYOUTS.values())
 
 
 # The settings that change labels; `flag_*` only shape the run's statistics.
@@ -387,7 +419,7 @@ STAGE = Stage(
         StageInput(stage="responses", align="domain"),
     ),
     settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
-    prompts=lambda _: ("judge",),
+    prompts=judge_templates,
     run=run,
     estimate=estimate,
 )
