@@ -8,6 +8,10 @@ judged the same way wherever it is judged. For a pair (x, y):
 A judge with a constant position bias b and a true preference s for x gives
 margin_first = s + b and margin_second = -s + b, so (margin_first - margin_second) / 2 = s
 (the debiased margin) and (margin_first + margin_second) / 2 = b (the position bias).
+
+The prompt has two layouts (`LAYOUTS`, `stages.judge.layout`): the user first or the pair
+first. Whichever it is, the requests go to the engine sorted by their text, so the calls that
+share a prefix run together and the engine's prefix cache computes it once.
 """
 
 from __future__ import annotations
@@ -105,6 +109,18 @@ def shared_prefix(layout: str, values: dict[str, str]) -> str:
     }
     prompts = ["\n".join(m.content for m in judge_messages(layout, **v)) for v in (values, varied)]
     return os.path.commonprefix(prompts)
+
+
+def cache_groups(layout: str, users: int, pairs_per_user: int, pool: int) -> float:
+    """Expected cache groups of `layout` (distinct shared prefixes) in one pass over a shard of
+    `users` = U users who each draw `pairs_per_user` = k of the `pool` = P pairs: U for groups
+    by user; for groups by pair-order, both orders of each distinct pair drawn,
+        2 D(U),  D(U) = P (1 - (1 - k/P)^U),
+    since a given pair is among a user's k of P with probability k/P, independently over users.
+    """
+    if LAYOUTS[layout].shared_by == "user":
+        return float(users)
+    return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
 
 
 def order_requests(

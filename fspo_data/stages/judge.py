@@ -34,6 +34,7 @@ from fspo_data.judging import (
     LAYOUTS,
     PairToJudge,
     Verdicts,
+    cache_groups,
     choose_stated_preferences,
     judge_both_orders,
     judge_requests,
@@ -143,12 +144,9 @@ class Jobs:
     @classmethod
     def build(cls, assigned: list[tuple[str, CandidatePair]], inputs: ShardInputs) -> Jobs:
         users, pairs = [u for u, _ in assigned], [p for _, p in assigned]
-        return cls(
-            users=users,
-            pairs=pairs,
-            seeds=[derived_seed("judge", u, p) for u, p in assigned],
-            texts=[(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs],
-        )
+        seeds = [derived_seed("judge", u, p) for u, p in assigned]
+        texts = [(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs]
+        return cls(users=users, pairs=pairs, seeds=seeds, texts=texts)
 
     def take(self, rows: list[int]) -> Jobs:
         return Jobs(**{f.name: [getattr(self, f.name)[r] for r in rows] for f in fields(self)})
@@ -334,39 +332,19 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     return ShardOutput(records=RecordTable(table, Judgment), counters=counters)
 
 
-def cache_groups(shared_by: str, users: int, pairs_per_user: int, pool: int) -> float:
-    """Expected cache groups (distinct shared prefixes) in one pass over a shard of `users`
-    users who each draw `pairs_per_user` = k of the `pool` = P pairs: U for groups by user;
-    for groups by pair-order, both orders of each distinct pair drawn,
-        2 D(U),  D(U) = P (1 - (1 - k/P)^U),
-    since a given pair is among a user's k of P with probability k/P, independently over users.
-    """
-    if shared_by == "user":
-        return float(users)
-    return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
-
-
-def shard_users(config: JobConfig) -> list[int]:
-    """Users in each judge shard of a domain (the persona plan: full shards, then the rest)."""
-    users, per_shard = config.counts.users, config.sharding.users_per_shard
-    return [per_shard] * (users // per_shard) + ([users % per_shard] if users % per_shard else [])
-
-
 def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
     """Both orders x samples_per_order per pair, for the first pass and each refinement round
     (whose descriptions carry the preferences stated so far; every user counted as relabelled,
     an upper bound).
 
-    Cached tokens: within one pass over one shard the requests go in prefix order, so each
-    cache group's shared prefix (S tokens, `judging.shared_prefix`) is computed once and
-    served from the cache to the group's other calls. Per shard and pass, with C calls and
-    G groups (`cache_groups`), cached = (C - G) S; summed over the shards of the persona plan.
-    Nothing is counted as shared across shards or passes, nor the identical prompts of
-    samples_per_order > 1 beyond their group's prefix: a lower bound where the cache is big
-    enough to keep a group's prefix while its calls run (sorted order keeps them together).
+    Cached tokens: a pass over a shard sends its requests in prefix order, so each cache
+    group's shared prefix (S tokens, `judging.shared_prefix`) is computed once and served to
+    the group's other calls: with C calls and G groups (`judging.cache_groups`) per shard and
+    pass, cached = (C - G) S, summed over the persona plan's shards. Nothing shared across
+    shards or passes is counted, nor samples_per_order > 1 repeats beyond the prefix: a lower
+    bound wherever the cache holds a group's prefix while its (contiguous) calls run.
     """
     counts, settings = config.counts, config.stages.judge
-    layout = LAYOUTS[settings.layout]
     pool = counts.questions * math.comb(est.counts["candidates"], 2)
     if counts.pool_pairs is not None:
         pool = min(pool, counts.pool_pairs)
@@ -375,8 +353,9 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
     calls_per_user = pairs_per_user * 2 * settings.samples_per_order
     view, response = est.stand_ins["view"], est.stand_ins["response"]
     statement = domain.state_preference(view, view)
-    shards = shard_users(config)
-    groups = sum(cache_groups(layout.shared_by, u, pairs_per_user, pool) for u in shards)
+    per_shard = config.sharding.users_per_shard  # judge shards follow the persona plan
+    shards = [min(per_shard, counts.users - start) for start in range(0, counts.users, per_shard)]
+    groups = sum(cache_groups(settings.layout, u, pairs_per_user, pool) for u in shards)
     total = StageLoad("judge")
     for round_ in range(settings.refine_rounds + 1):
         stated = [statement] * (round_ * settings.stated_preferences_per_round)
@@ -396,12 +375,6 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
     return [total]
 
 
-def judge_templates(_: DomainSpec) -> tuple[str, ...]:
-    """Both layouts' templates: the stage renders either (`stages.judge.layout`, in its
-    settings, says which), so an edit to either recomputes its shards."""
-    return tuple(layout.template for layout in LAYOUTS.values())
-
-
 # The settings that change labels; `flag_*` only shape the run's statistics.
 LABEL_SETTINGS = tuple(
     f"stages.judge.{name}"
@@ -419,7 +392,8 @@ STAGE = Stage(
         StageInput(stage="responses", align="domain"),
     ),
     settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
-    prompts=judge_templates,
+    # Both layouts' templates: `stages.judge.layout`, in its settings, picks the one rendered.
+    prompts=lambda _: tuple(layout.template for layout in LAYOUTS.values()),
     run=run,
     estimate=estimate,
 )

@@ -180,10 +180,10 @@ def test_pair_first_template_puts_the_pair_before_the_user():
 
 def test_cache_groups_follow_the_pool_sharing():
     # Two users each draw 1 of 2 pairs: 1.5 distinct pairs expected, so 3 pair-orders.
-    assert judge.cache_groups("pair_order", 2, 1, 2) == pytest.approx(3.0)
+    assert judging.cache_groups("pair_first", 2, 1, 2) == pytest.approx(3.0)
     # Everyone draws every pair: each pair-order once, whatever the number of users.
-    assert judge.cache_groups("pair_order", 7, 3, 3) == pytest.approx(6.0)
-    assert judge.cache_groups("user", 7, 3, 3) == 7.0
+    assert judging.cache_groups("pair_first", 7, 3, 3) == pytest.approx(6.0)
+    assert judging.cache_groups("persona_first", 7, 3, 3) == 7.0
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
