@@ -107,7 +107,16 @@ def main() -> None:
     spec = ShardSpec(stage="judge", domain=domain, index=0, start=0, stop=args.users)
     configs = {layout: bench_config(base, layout, args) for layout in LAYOUTS}
     backend = VLLMBackend(next(iter(configs.values())).model)
-    judge_once(backend, configs["persona_first"], spec, inputs)  # warm-up: lazy initialisation
+    # Warm-up (lazy initialisation) on one user's first two pairs.
+    warm_up = configs["persona_first"].model_copy(
+        update={"counts": base.counts.model_copy(update={"pairs_per_user": 2})}
+    )
+    judge_once(
+        backend,
+        warm_up,
+        spec.model_copy(update={"stop": 1}),
+        {**inputs, "personas": inputs["personas"].slice(0, 1)},
+    )
 
     totals = {layout: [Counter(), 0.0] for layout in LAYOUTS}
     margins: dict[str, dict[str, float]] = {}
