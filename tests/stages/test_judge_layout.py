@@ -6,6 +6,7 @@ import math
 import random
 import re
 from collections import Counter
+from typing import get_args
 
 import pytest
 
@@ -209,3 +210,10 @@ def test_plan_counts_each_shared_prefix_once_per_shard(layout):
         )
         cached = next(s for s in job_loads(bigger) if s.stage == "judge").cached_prompt_tokens
         assert cached == (24 - 6) * shared
+
+
+def test_every_configurable_layout_has_a_template():
+    configurable = set(get_args(JudgeConfig.model_fields["layout"].annotation))
+    assert configurable == set(judging.LAYOUTS)
+    for layout in configurable:
+        assert judging.judge_requests("p", "q", "a", "b", JudgeConfig(layout=layout), seed=0)
