@@ -8,18 +8,26 @@ judged the same way wherever it is judged. For a pair (x, y):
 A judge with a constant position bias b and a true preference s for x gives
 margin_first = s + b and margin_second = -s + b, so (margin_first - margin_second) / 2 = s
 (the debiased margin) and (margin_first + margin_second) / 2 = b (the position bias).
+
+The prompt has two layouts (`LAYOUTS`, `stages.judge.layout`): the user first or the pair
+first. Whichever it is, the requests go to the engine sorted by their text, so the calls that
+share a prefix run together and the engine's prefix cache computes it once.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, Completion
+from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend, complete_all
 from fspo_data.core.config import JudgeConfig
 from fspo_data.domains import DomainSpec
 from fspo_data.prompts import render
@@ -33,49 +41,96 @@ class Verdict:
     debiased_margin: float
 
 
+@dataclass(frozen=True)
+class JudgeLayout:
+    """A judge prompt layout (`stages.judge.layout`): its template, and which calls share a
+    prompt prefix under it: the calls of one `shared_by` ('user': one description;
+    'pair_order': one pair in one order), whose prompts differ only in the `varying` values.
+    """
+
+    template: str
+    shared_by: Literal["user", "pair_order"]
+    varying: tuple[str, ...]
+
+
+LAYOUTS: dict[str, JudgeLayout] = {
+    "persona_first": JudgeLayout("judge", "user", ("question", "response_a", "response_b")),
+    "pair_first": JudgeLayout("judge_pair_first", "pair_order", ("persona",)),
+}
+
+
 @cache
-def _judge_formats() -> tuple[str, str]:
-    """The judge template's system and user messages as `str.format` strings.
+def _judge_formats(layout: str) -> tuple[tuple[str, str], ...]:
+    """The layout's template as (role, `str.format` string) per message.
 
     Rendered once with marker values, then cut at the markers: filling a format string gives
     the bytes `render` gives (values are never rescanned) at a fraction of the cost, which
     matters at millions of prompts.
     """
     names = ("persona", "question", "response_a", "response_b")
-    marked = render("judge", **{name: f"\x00{name}\x00" for name in names})
+    template = LAYOUTS[layout].template
+    marked = render(template, **{name: f"\x00{name}\x00" for name in names})
     if [m.role for m in marked] != ["system", "user"]:
-        raise ValueError("prompts/judge.txt: expected a [system] and a [user] section")
+        raise ValueError(f"prompts/{template}.txt: expected a [system] and a [user] section")
     formats = []
     for message in marked:
         pieces = message.content.split("\x00")
-        formats.append(
-            "".join(
-                f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
-                for i, piece in enumerate(pieces)
-            )
+        fmt = "".join(
+            f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
+            for i, piece in enumerate(pieces)
         )
-    return formats[0], formats[1]
+        formats.append((message.role, fmt))
+    return tuple(formats)
 
 
-@lru_cache(maxsize=64)
-def persona_message(description: str) -> ChatMessage:
-    # Requests come user by user, so one message serves all of a user's pairs.
-    return ChatMessage(role="system", content=_judge_formats()[0].format(persona=description))
+def judge_messages(
+    layout: str, persona: str, question: str, response_a: str, response_b: str
+) -> list[ChatMessage]:
+    """The judge prompt of `layout` for one order."""
+    values = {
+        "persona": persona,
+        "question": question,
+        "response_a": response_a,
+        "response_b": response_b,
+    }
+    return [
+        ChatMessage(role=role, content=fmt.format(**values)) for role, fmt in _judge_formats(layout)
+    ]
 
 
-def user_message(question: str, first: str, second: str) -> ChatMessage:
-    content = _judge_formats()[1].format(question=question, response_a=first, response_b=second)
-    return ChatMessage(role="user", content=content)
+def shared_prefix(layout: str, values: dict[str, str]) -> str:
+    """The start of the prompt of `values` (persona, question, response_a, response_b) that
+    every prompt of its cache group shares, its messages joined by newlines: what the engine
+    computes once per group. Found by rendering it again with the layout's `varying` values
+    changed."""
+    varied = {
+        name: "\x01" * len(value) if name in LAYOUTS[layout].varying else value
+        for name, value in values.items()
+    }
+    prompts = ["\n".join(m.content for m in judge_messages(layout, **v)) for v in (values, varied)]
+    return os.path.commonprefix(prompts)
+
+
+def cache_groups(layout: str, users: int, pairs_per_user: int, pool: int) -> float:
+    """Expected cache groups of `layout` (distinct shared prefixes) in one pass over a shard of
+    `users` = U users who each draw `pairs_per_user` = k of the `pool` = P pairs: U for groups
+    by user; for groups by pair-order, both orders of each distinct pair drawn,
+        2 D(U),  D(U) = P (1 - (1 - k/P)^U),
+    since a given pair is among a user's k of P with probability k/P, independently over users.
+    """
+    if LAYOUTS[layout].shared_by == "user":
+        return float(users)
+    return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
 
 
 def order_requests(
-    persona: ChatMessage, user: ChatMessage, settings: JudgeConfig, seed: int
+    messages: list[ChatMessage], settings: JudgeConfig, seed: int
 ) -> list[ChatRequest]:
     """The requests for one order: one greedy call, or k samples for a majority vote."""
     if settings.samples_per_order == 1:
         return [
             ChatRequest(
-                messages=[persona, user],
+                messages=messages,
                 max_tokens=1,
                 temperature=0.0,
                 seed=seed,
@@ -84,7 +139,7 @@ def order_requests(
         ]
     return [
         ChatRequest(
-            messages=[persona, user],
+            messages=messages,
             max_tokens=1,
             temperature=settings.sample_temperature,
             seed=seed + k,
@@ -97,9 +152,66 @@ def judge_requests(
     description: str, question: str, first: str, second: str, settings: JudgeConfig, seed: int
 ) -> list[ChatRequest]:
     """The requests for one order, `first` in slot A."""
-    return order_requests(
-        persona_message(description), user_message(question, first, second), settings, seed
-    )
+    messages = judge_messages(settings.layout, description, question, first, second)
+    return order_requests(messages, settings, seed)
+
+
+@dataclass(frozen=True)
+class PairToJudge:
+    """One user's pair (x, y) of answers to a question, judged in both orders with `seed`."""
+
+    persona: str
+    question: str
+    x: str
+    y: str
+    seed: int
+
+
+def prefix_order(prompts: Sequence[list[ChatMessage]]) -> list[int]:
+    """Indices of `prompts` sorted by their text.
+
+    Sorted prompts walk their prefix tree: all prompts that share a prefix are contiguous, so
+    a prefix is computed once and then served from the engine's cache while every prompt that
+    shares it runs, even when the engine cuts the requests into batches. With persona_first
+    that groups a user's calls; with pair_first, a pair-order's calls over users (and a
+    question's pairs together).
+    """
+    return sorted(range(len(prompts)), key=lambda i: [m.content for m in prompts[i]])
+
+
+def judge_both_orders(
+    backend: LLMBackend,
+    pairs: Sequence[PairToJudge],
+    settings: JudgeConfig,
+    counters: Counter[str],
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(j,) margin_first (x in slot A) and (j,) margin_second (y in slot A) of j pairs, in
+    the order given; NaN where an order gave no letter.
+
+    The requests reach the backend in `prefix_order`, whatever order the pairs come in, and
+    each completion is matched back to its pair and order by position.
+    """
+    layout = settings.layout
+    prompts = [
+        judge_messages(layout, p.persona, p.question, *slots)
+        for p in pairs
+        for slots in ((p.x, p.y), (p.y, p.x))
+    ]
+    order = prefix_order(prompts)
+    requests = [
+        request
+        for prompt in order
+        for request in order_requests(prompts[prompt], settings, pairs[prompt // 2].seed)
+    ]
+    completions = complete_all(backend, requests, counters, what)
+    k = settings.samples_per_order
+    margins = np.full(len(prompts), math.nan)
+    for position, prompt in enumerate(order):
+        margin = order_margin(completions[position * k : (position + 1) * k])
+        if margin is not None:
+            margins[prompt] = margin
+    return margins[0::2].copy(), margins[1::2].copy()
 
 
 def order_margin(completions: list[Completion]) -> float | None:
@@ -200,30 +312,6 @@ def position_stats(
         "first_slot_win_rate": float((both > 0).mean()),
         "position_bias_nats": float(bias.mean()),
     }
-
-
-def both_orders(
-    persona: ChatMessage,
-    x_first: ChatMessage,
-    y_first: ChatMessage,
-    settings: JudgeConfig,
-    seed: int,
-) -> list[ChatRequest]:
-    """The requests of one pair: x in slot A, then y in slot A, with the same seed."""
-    return order_requests(persona, x_first, settings, seed) + order_requests(
-        persona, y_first, settings, seed
-    )
-
-
-def pair_margins(
-    completions: list[Completion], settings: JudgeConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """(j,) margin_first and (j,) margin_second from the completions of `both_orders` for j
-    pairs, in request order; NaN where an order gave no letter."""
-    k = settings.samples_per_order
-    margins = [order_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
-    both = np.array([math.nan if m is None else m for m in margins], dtype=float).reshape(-1, 2)
-    return both[:, 0].copy(), both[:, 1].copy()
 
 
 def choose_stated_preferences(

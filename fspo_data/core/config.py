@@ -199,6 +199,16 @@ class SamplingConfig(StrictModel):
 
 
 class JudgeConfig(StrictModel):
+    layout: Literal["persona_first", "pair_first"] = Field(
+        default="persona_first",
+        description="Judge prompt layout. 'persona_first' (prompts/judge.txt): the user's "
+        "description, then the question and both responses; the engine's prefix cache shares "
+        "one user's description across that user's calls. 'pair_first' "
+        "(prompts/judge_pair_first.txt): the question and both responses, then the user's "
+        "description; the cache shares a pair's text across every user of the shard who "
+        "judges it in that order (README: 'The judge's prefix cache'). Also the evaluation "
+        "judge's layout.",
+    )
     mode: Literal["strict", "calibrated"] = Field(
         default="calibrated",
         description="'strict' drops pairs whose verdict flips with the order (the paper's rule); "

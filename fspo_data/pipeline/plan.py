@@ -8,8 +8,9 @@ round), and rejected persona descriptions are regenerated (counted once; up to
 `persona_checks.max_attempts` times). Tokens are estimates: each stage's own request builder
 renders its prompt with stand-in values, generated text is taken at its `max_tokens`, and
 characters become tokens at `--chars-per-token` (about 4 for English with Llama-3-style
-tokenizers); chat-template tokens are not counted. With prefix caching the judge's persona
-prefix (its system message) is computed once per user and pass, so it is counted as cached.
+tokenizers); chat-template tokens are not counted. With prefix caching the judge's shared
+prefix (a user's description, or a pair in one order: `stages.judge.layout`) is computed once
+per shard and pass, the rest of its calls counted as cached (stages/judge.py `estimate`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
     loads = job_loads(config, args.chars_per_token)
     rates = (args.prompt_tokens_per_s, args.gen_tokens_per_s)
     stages = Table(title=f"LLM work per stage ({', '.join(config.domains)})")
-    for column in ("stage", "calls", "prompt tok", "of which cached", "gen tok", "GPU-h"):
+    for column in ("stage", "calls", "prompt tok", "of which cached", "cached", "gen tok", "GPU-h"):
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for s in loads:
         stages.add_row(
@@ -135,6 +136,7 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
             f"{s.calls:,}",
             f"{s.prompt_tokens:,}",
             f"{s.cached_prompt_tokens:,}",
+            f"{s.cached_prompt_tokens / s.prompt_tokens:.0%}" if s.prompt_tokens else "-",
             f"{s.generated_tokens:,}",
             f"{s.gpu_hours(*rates):,.2f}",
         )

@@ -71,6 +71,13 @@ class StageSummary(BaseModel):
         return self.rows / self.wall_seconds if self.wall_seconds else None
 
     @property
+    def cached_fraction(self) -> float | None:
+        """Share of the stage's prompt tokens the engine served from its prefix cache (vLLM's
+        counts); None without prompt tokens. `fspo-data plan` estimates the same figure."""
+        prompt = self.counters.get("prompt_tokens", 0)
+        return self.counters.get("cached_prompt_tokens", 0) / prompt if prompt else None
+
+    @property
     def engine_seconds(self) -> float:
         """Time inside the model backend, summed over the shards (`engine_ms` counters);
         engine replicas run side by side, so divide by them to compare with wall time."""
@@ -117,6 +124,7 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
         "prompt tok",
         "gen tok",
         "cached tok",
+        "cached",
         "dropped",
         "retries",
         "wall s",
@@ -135,6 +143,7 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
             str(c.get("prompt_tokens", 0)),
             str(c.get("completion_tokens", 0)),
             str(c.get("cached_prompt_tokens", 0)),
+            "-" if s.cached_fraction is None else f"{s.cached_fraction:.0%}",
             str(s.dropped),
             str(c.get("retries", 0)),
             f"{s.wall_seconds:.1f}",

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend, complete_all
+from fspo_data.core.chat import LLMBackend
 from fspo_data.core.config import JobConfig, JudgeConfig
 from fspo_data.core.records import (
     Judgment,
@@ -31,14 +31,15 @@ from fspo_data.core.records import (
 )
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
+    LAYOUTS,
+    PairToJudge,
     Verdicts,
-    both_orders,
+    cache_groups,
     choose_stated_preferences,
+    judge_both_orders,
     judge_requests,
-    pair_margins,
-    persona_message,
     reconcile_all,
-    user_message,
+    shared_prefix,
 )
 from fspo_data.stages.base import (
     Estimate,
@@ -132,26 +133,20 @@ class Margins:
 @dataclass
 class Jobs:
     """(j,) the (user, pair) judgments of a shard, user by user, with what their requests keep
-    across passes: the sampling seed and the user message in each order (refinement changes
-    only the persona message)."""
+    across passes: the sampling seed and the pair's texts (refinement changes only the
+    user's description)."""
 
     users: list[str]
     pairs: list[CandidatePair]
     seeds: list[int]
-    x_first: list[ChatMessage]
-    y_first: list[ChatMessage]
+    texts: list[tuple[str, str, str]]  # question, x, y
 
     @classmethod
     def build(cls, assigned: list[tuple[str, CandidatePair]], inputs: ShardInputs) -> Jobs:
         users, pairs = [u for u, _ in assigned], [p for _, p in assigned]
+        seeds = [derived_seed("judge", u, p) for u, p in assigned]
         texts = [(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs]
-        return cls(
-            users=users,
-            pairs=pairs,
-            seeds=[derived_seed("judge", u, p) for u, p in assigned],
-            x_first=[user_message(q, x, y) for q, x, y in texts],
-            y_first=[user_message(q, y, x) for q, x, y in texts],
-        )
+        return cls(users=users, pairs=pairs, seeds=seeds, texts=texts)
 
     def take(self, rows: list[int]) -> Jobs:
         return Jobs(**{f.name: [getattr(self, f.name)[r] for r in rows] for f in fields(self)})
@@ -164,18 +159,13 @@ def judge_pass(
     descriptions: dict[str, str],
     counters: Counter[str],
 ) -> Margins:
-    """Both orders of every job, judged with the user's current description.
-
-    Requests are ordered user by user so each user's persona prefix is cached once.
-    """
-    requests: list[ChatRequest] = []
-    for user, seed, x_first, y_first in zip(
-        jobs.users, jobs.seeds, jobs.x_first, jobs.y_first, strict=True
-    ):
-        persona = persona_message(descriptions[user])
-        requests += both_orders(persona, x_first, y_first, settings, seed)
-    completions = complete_all(backend, requests, counters, "judge")
-    return Margins(*pair_margins(completions, settings))
+    """Both orders of every job, judged with the user's current description; the requests go
+    in the layout's prefix order (`judging.prefix_order`), the margins come back in job order."""
+    pairs = [
+        PairToJudge(descriptions[user], *texts, seed)
+        for user, texts, seed in zip(jobs.users, jobs.texts, jobs.seeds, strict=True)
+    ]
+    return Margins(*judge_both_orders(backend, pairs, settings, counters, "judge"))
 
 
 def refine(
@@ -345,27 +335,42 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
 def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
     """Both orders x samples_per_order per pair, for the first pass and each refinement round
     (whose descriptions carry the preferences stated so far; every user counted as relabelled,
-    an upper bound). With prefix caching the persona prefix (the system message) is computed
-    once per user and pass, so the rest of a user's calls count it as cached."""
+    an upper bound).
+
+    Cached tokens: a pass over a shard sends its requests in prefix order, so each cache
+    group's shared prefix (S tokens, `judging.shared_prefix`) is computed once and served to
+    the group's other calls: with C calls and G groups (`judging.cache_groups`) per shard and
+    pass, cached = (C - G) S, summed over the persona plan's shards. Nothing shared across
+    shards or passes is counted, nor samples_per_order > 1 repeats beyond the prefix: a lower
+    bound wherever the cache holds a group's prefix while its (contiguous) calls run.
+    """
     counts, settings = config.counts, config.stages.judge
     pool = counts.questions * math.comb(est.counts["candidates"], 2)
     if counts.pool_pairs is not None:
         pool = min(pool, counts.pool_pairs)
     est.counts["pool_pairs"] = pool
-    est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
-    calls_per_user = est.counts["pairs_per_user"] * 2 * settings.samples_per_order
+    pairs_per_user = est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
+    calls_per_user = pairs_per_user * 2 * settings.samples_per_order
     view, response = est.stand_ins["view"], est.stand_ins["response"]
     statement = domain.state_preference(view, view)
+    per_shard = config.sharding.users_per_shard  # judge shards follow the persona plan
+    shards = [min(per_shard, counts.users - start) for start in range(0, counts.users, per_shard)]
+    groups = sum(cache_groups(settings.layout, u, pairs_per_user, pool) for u in shards)
     total = StageLoad("judge")
     for round_ in range(settings.refine_rounds + 1):
         stated = [statement] * (round_ * settings.stated_preferences_per_round)
-        persona = "\n".join([est.stand_ins["description"], *stated])
-        question = est.stand_ins["question"]
-        request = judge_requests(persona, question, response, response, settings, 0)[0]
+        values = {
+            "persona": "\n".join([est.stand_ins["description"], *stated]),
+            "question": est.stand_ins["question"],
+            "response_a": response,
+            "response_b": response,
+        }
+        request = judge_requests(*values.values(), settings, 0)[0]
         load = est.load("judge", counts.users * calls_per_user, request)
         cached = 0
         if config.model.enable_prefix_caching and calls_per_user:
-            cached = counts.users * (calls_per_user - 1) * est.tokens(request.messages[:1])
+            prefix = math.ceil(len(shared_prefix(settings.layout, values)) / est.chars_per_token)
+            cached = round((counts.users * calls_per_user - groups) * prefix)
         total = total + StageLoad("judge", load.calls, load.prompt_tokens, cached, load.calls)
     return [total]
 
@@ -387,7 +392,8 @@ STAGE = Stage(
         StageInput(stage="responses", align="domain"),
     ),
     settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
-    prompts=lambda _: ("judge",),
+    # Both layouts' templates: `stages.judge.layout`, in its settings, picks the one rendered.
+    prompts=lambda _: tuple(layout.template for layout in LAYOUTS.values()),
     run=run,
     estimate=estimate,
 )

@@ -2,8 +2,8 @@
 
 `run_eval` compares the trained model's answers with the base model's for each held-out
 user; this asks the run's own judge backend through `fspo_data.judging`, exactly as the
-judge stage does (the user's description first, one letter read from log-probabilities,
-both orders).
+judge stage does (the prompt layout of `stages.judge.layout`, one letter read from
+log-probabilities, both orders, requests in the layout's prefix order).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections import Counter
 import numpy as np
 
 from fspo_data.backends import make_backend
-from fspo_data.core.chat import ChatRequest, complete_all
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import derived_seed
-from fspo_data.judging import both_orders, pair_margins, persona_message, user_message
+from fspo_data.judging import PairToJudge, judge_both_orders
 from fspo_data.train.evaluate import Judge
 
 
@@ -28,18 +27,15 @@ def pipeline_judge(config: JobConfig) -> Judge:
     def judge(
         personas: list[str], questions: list[str], answers_a: list[str], answers_b: list[str]
     ) -> list[float]:
-        requests: list[ChatRequest] = []
-        for persona, question, a, b in zip(personas, questions, answers_a, answers_b, strict=True):
-            seed = derived_seed("eval-judge", persona, question, a, b)
-            requests += both_orders(
-                persona_message(persona),
-                user_message(question, a, b),
-                user_message(question, b, a),
-                settings,
-                seed,
+        pairs = [
+            PairToJudge(
+                persona, question, a, b, derived_seed("eval-judge", persona, question, a, b)
             )
-        completions = complete_all(backend, requests, Counter(), "eval_judge")
-        first, second = pair_margins(completions, settings)
+            for persona, question, a, b in zip(
+                personas, questions, answers_a, answers_b, strict=True
+            )
+        ]
+        first, second = judge_both_orders(backend, pairs, settings, Counter(), "eval_judge")
         return np.nan_to_num((first - second) / 2, nan=0.0).tolist()
 
     return judge

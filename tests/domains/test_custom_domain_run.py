@@ -76,4 +76,6 @@ def test_the_manifests_record_the_domains_templates(poetry_run: JobConfig) -> No
     assert responses == {"poetry/response_poetry": file_hash(own / "response_poetry.txt")}
     questions = load_manifest(poetry_run.run_dir / "questions").prompt_hashes
     assert questions == {"poetry/question_poetry": file_hash(own / "question_poetry.txt")}
-    assert set(load_manifest(poetry_run.run_dir / "judge").prompt_hashes) == {"judge"}
+    # The judge declares both layouts' templates (stages.judge.layout picks one).
+    judge_prompts = load_manifest(poetry_run.run_dir / "judge").prompt_hashes
+    assert set(judge_prompts) == {"judge", "judge_pair_first"}
