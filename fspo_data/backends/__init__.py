@@ -16,7 +16,8 @@ from fspo_data.backends.vllm_engine import VLLMBackend, engine_env, vllm_problem
 from fspo_data.core.chat import LLMBackend
 
 if TYPE_CHECKING:
-    from fspo_data.core.config import JobConfig, ModelConfig
+    from fspo_data.core.config import JobConfig
+    from fspo_data.core.model_config import ModelConfig
 
 # The chat completions API reference (platform.openai.com/docs/api-reference/chat/create):
 # temperature between 0 and 2, top_logprobs between 0 and 20.

@@ -11,7 +11,7 @@ import hashlib
 import time
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
-from fspo_data.core.config import ModelConfig
+from fspo_data.core.model_config import ModelConfig
 
 NAME = "instant-benchmark-double"
 

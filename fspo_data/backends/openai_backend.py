@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
-from fspo_data.core.config import OpenAISettings
+from fspo_data.core.model_config import OpenAISettings
 
 logger = logging.getLogger(__name__)
 

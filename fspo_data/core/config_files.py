@@ -8,16 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
     """A config problem, phrased as one line: `FILE: FIELD: what is wrong`."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # YAML 1.1 reads yes/no/on/off as booleans, and pydantic would take True as 1.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            types = set(get_args(annotation)) or {annotation}
+            if types & {int, float} and bool not in types:
+                raise ValueError(f"expected a number, got {str(value).lower()} (a YAML boolean)")
+        return value
 
 
 def config_leaves(config: BaseModel, paths: Iterable[str]) -> dict[str, Any]:

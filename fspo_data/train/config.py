@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fspo_data.core.config import EMBEDDED_MODEL, StrictModel
-from fspo_data.core.config_files import load_yaml_model
+from fspo_data.core.config_files import StrictModel, load_yaml_model
+from fspo_data.core.model_config import EMBEDDED_MODEL
 
 
 class StageConfig(StrictModel):

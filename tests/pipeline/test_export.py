@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fspo_data.core.config import JobConfig, ModelConfig
+from fspo_data.core.config import JobConfig
 from fspo_data.core.config_files import dump_config
 from fspo_data.core.fspo_format import format_completion, format_prompt
+from fspo_data.core.model_config import ModelConfig
 from fspo_data.core.records import Episode, Persona, Shot, Trait
 from fspo_data.core.shards import load_manifest, save_manifest
 from fspo_data.pipeline.consistency import Consistency
