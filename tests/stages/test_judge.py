@@ -67,6 +67,22 @@ def test_position_stats():
     assert stats["position_bias_nats"] == pytest.approx((1.5 + 0.0) / 2)
 
 
+def make_questions(count: int) -> list[Question]:
+    """Roleplay questions q0, q1, ... with the texts "q0?", "q1?", ..."""
+    return [
+        Question(
+            question_uuid=f"q{i}",
+            domain="roleplay",
+            index=i,
+            question=f"q{i}?",
+            selected_trait="t",
+            trait_varied="v",
+            question_type="x",
+        )
+        for i in range(count)
+    ]
+
+
 def _responses(n_questions: int, per_question: int) -> list[Response]:
     return [
         Response(
@@ -113,18 +129,7 @@ def test_judge_shard_unswaps_and_picks_the_good_response_in_both_slots(tmp_path)
         traits=[],
         persona_description="likes GOOD things",
     )
-    questions = [
-        Question(
-            question_uuid=f"q{i}",
-            domain="roleplay",
-            index=i,
-            question=f"q{i}?",
-            selected_trait="t",
-            trait_varied="v",
-            question_type="x",
-        )
-        for i in range(2)
-    ]
+    questions = make_questions(2)
     inputs = tables(personas=[persona], questions=questions, responses=_responses(2, 3))
     backend = ScriptedBackend(biased_judge_preferring_good)
     spec = ShardSpec(stage="judge", domain="roleplay", index=0, start=0, stop=1)
@@ -168,18 +173,7 @@ def _views_run(tmp_path, refine_rounds: int):
     persona = Persona(
         persona_uuid="u0", domain="roleplay", index=0, traits=[], persona_description="A user."
     )
-    questions = [
-        Question(
-            question_uuid=f"q{i}",
-            domain="roleplay",
-            index=i,
-            question=f"q{i}?",
-            selected_trait="t",
-            trait_varied="v",
-            question_type="x",
-        )
-        for i in range(2)
-    ]
+    questions = make_questions(2)
     responses = [
         Response(
             response_uuid=f"r{q}{v}",

@@ -13,12 +13,13 @@ import pytest
 from fspo_data import judging
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig, JudgeConfig
-from fspo_data.core.records import Judgment, Persona, Question, Response, to_table
+from fspo_data.core.records import Judgment, Persona, Response, to_table
 from fspo_data.pipeline.plan import job_loads
 from fspo_data.prompts import render
 from fspo_data.stages import judge
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, tables
+from tests.stages.test_judge import make_questions
 
 LAYOUTS = list(judging.LAYOUTS)
 USER = re.compile(r"You are this user: (user\d+)")
@@ -54,18 +55,7 @@ def shard(refine_rounds: int = 1, **judge_settings: object):
         )  # fmt: skip
         for i in range(5)
     ]
-    questions = [
-        Question(
-            question_uuid=f"q{i}",
-            domain="roleplay",
-            index=i,
-            question=f"q{i}?",
-            selected_trait="t",
-            trait_varied="v",
-            question_type="x",
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    questions = make_questions(2)
     responses = [
         Response(
             response_uuid=f"r{q}{v}",
