@@ -9,6 +9,17 @@ from fspo_data.stages import personas, questions, responses
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, echo_text, tables
 
+# One roleplay question, for the stages that read questions.
+QUESTION = Question(
+    question_uuid="q0",
+    domain="roleplay",
+    index=0,
+    question="Best tea?",
+    selected_trait="interest",
+    trait_varied="cooking",
+    question_type="r",
+)
+
 
 def test_traits_are_seeded_and_cover_every_attribute():
     taxonomy = load_taxonomy(load_domain("roleplay"))
@@ -90,18 +101,9 @@ def test_templated_domains_describe_users_without_the_model(tmp_path):
 
 def test_responses_shard_writes_one_candidate_per_view(tmp_path):
     config = JobConfig(run_dir=tmp_path, counts={"candidates_per_question": 2})
-    question = Question(
-        question_uuid="q0",
-        domain="roleplay",
-        index=0,
-        question="Best tea?",
-        selected_trait="interest",
-        trait_varied="cooking",
-        question_type="r",
-    )
     spec = ShardSpec(stage="responses", domain="roleplay", index=0, start=0, stop=1)
     context = StageContext(config=config, backend=ScriptedBackend(echo_text))
-    output = responses.run(spec, tables(questions=[question]), context)
+    output = responses.run(spec, tables(questions=[QUESTION]), context)
     assert len(output.records) == 2
     assert len({r.view for r in output.records}) == 2
     assert len({r.response_uuid for r in output.records}) == 2

@@ -3,20 +3,10 @@ no stage writes a cut text as if whole."""
 
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import Question
 from fspo_data.stages import personas, questions, responses
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, echo_text, tables
-
-QUESTION = Question(
-    question_uuid="q0",
-    domain="roleplay",
-    index=0,
-    question="Best tea?",
-    selected_trait="interest",
-    trait_varied="cooking",
-    question_type="r",
-)
+from tests.stages.test_generation_stages import QUESTION
 
 
 def cut_unless(enough_tokens: int):
