@@ -25,7 +25,7 @@ from fspo_data.core.chat import ChatMessage
 from fspo_data.core.config import CountsConfig
 from fspo_data.core.config_files import load_yaml_model
 from fspo_data.core.records import Trait
-from fspo_data.prompts import PROMPT_DIR, file_hash, render_file, template_path
+from fspo_data.prompts import PROMPT_DIR, render_file, template_path
 
 BUILT_IN_DIR = Path(__file__).parent
 SPEC_FILE = "domain.yaml"
@@ -156,13 +156,3 @@ def load_domain(name: str, domains_dir: Path | None = None) -> DomainSpec:
                 f"{path}: {field}: no {template}.txt in {folder / 'prompts'} or {PROMPT_DIR}"
             )
     return domain
-
-
-def template_hashes(names: list[str], domains_dir: Path | None = None) -> dict[str, str]:
-    """Content hash of every template a job of these domains may render: the package's by
-    name, each domain's own as `domain/name`."""
-    hashes = {p.stem: file_hash(p) for p in sorted(PROMPT_DIR.glob("*.txt"))}
-    for name in names:
-        own = load_domain(name, domains_dir).folder / "prompts"
-        hashes |= {f"{name}/{p.stem}": file_hash(p) for p in sorted(own.glob("*.txt"))}
-    return hashes

@@ -16,11 +16,12 @@ from fspo_data.domains import (
     DomainError,
     available_domains,
     load_domain,
-    template_hashes,
 )
 from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.pipeline.resume import stage_prompts
 from fspo_data.pipeline.validate import job_problems, load_job
 from fspo_data.prompts import PROMPT_DIR, file_hash
+from fspo_data.stages import STAGES_BY_NAME
 from tests.conftest import TESTS_DIR
 
 EXAMPLE = TESTS_DIR / "data" / "domains" / "poetry"  # the README's example domain
@@ -62,11 +63,15 @@ def test_a_domain_of_domains_dir_renders_its_own_templates(domains_dir: Path) ->
     (system, user) = poetry.render("response_poetry", view="haiku", question="The sea?")
     assert system.content == "You are a poet who writes only haiku poems, at most four lines long."
     assert user.content == "The sea?"
-    hashes = template_hashes(["poetry", "elix"], domains_dir)
-    assert hashes["poetry/question_poetry"] == file_hash(
-        domains_dir / "poetry" / "prompts" / "question_poetry.txt"
+    # What a manifest records: a domain's own templates as `domain/name`, the package's by name.
+    config = JobConfig(run_dir="x", domains=["poetry", "elix"], domains_dir=domains_dir)
+    hashes = stage_prompts(STAGES_BY_NAME["responses"], config)
+    assert hashes["poetry/response_poetry"] == file_hash(
+        domains_dir / "poetry" / "prompts" / "response_poetry.txt"
     )
-    assert "elix/response_elix" in hashes and hashes["judge"] == file_hash(PROMPT_DIR / "judge.txt")
+    assert "elix/response_elix" in hashes
+    judge = stage_prompts(STAGES_BY_NAME["judge"], config)
+    assert judge["judge"] == file_hash(PROMPT_DIR / "judge.txt")
 
 
 def test_an_own_template_shadows_the_package_one_of_the_same_name(domains_dir: Path) -> None:
