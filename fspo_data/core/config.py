@@ -49,6 +49,22 @@ class SamplingConfig(StrictModel):
     max_tokens: int = Field(default=96, gt=0, description="Most tokens generated per request.")
 
 
+class GateConfig(StrictModel):
+    min_accuracy: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Smallest gold accuracy (`pipeline.gold`) a domain's judge may show; below "
+        "it the run stops in one line (exit 1) before the judge stage, keeping what is "
+        "committed. Empty: no gate (the gold figures are still reported).",
+    )
+    min_pairs: int = Field(
+        default=30,
+        gt=0,
+        description="Gold pairs a domain needs judged before its accuracy is held to the gate.",
+    )
+
+
 class JudgeConfig(StrictModel):
     layout: Literal["persona_first", "pair_first"] = Field(
         default="persona_first",
@@ -107,6 +123,16 @@ class JudgeConfig(StrictModel):
     )
     flag_min_shared: int = Field(
         default=5, ge=1, description="Shared pairs needed before two users can be compared."
+    )
+    gold_pairs_per_user: int = Field(
+        default=2,
+        ge=0,
+        description="Gold pairs (right answer known by construction, `domain.yaml` gold rule) "
+        "judged per user by the gold stage, like any other pair; they measure the judge and "
+        "never enter episodes. 0 skips the gold stage.",
+    )
+    gate: GateConfig = Field(
+        default=GateConfig(), description="Stop before the judge stage if gold accuracy is low."
     )
 
 

@@ -213,6 +213,36 @@ class Judgment(Record):
     rejected_view: str
 
 
+class GoldJudgment(Record):
+    """A gold pair: a candidate pair whose right answer for the user is known by construction
+    (the domain's gold rule), judged in both orders like any other pair, never put in an
+    episode. `persona_description` is what the judge read (for the stated-preference rule,
+    the user's description with the probe's stated preference appended); `answer_x` says x
+    is the right answer; `score` is 1 for a kept right label, 0 for a kept wrong one and 0.5
+    for a dropped pair (an abstention is worth a coin flip), so gold accuracy is its mean.
+    """
+
+    id_field: ClassVar[str] = "judgment_uuid"
+    judgment_uuid: str
+    persona_uuid: str
+    question_uuid: str
+    domain: str
+    rule: str
+    persona_description: str
+    response_x_uuid: str
+    response_y_uuid: str
+    view_x: str
+    view_y: str
+    answer_x: bool
+    margin_first: float
+    margin_second: float
+    debiased_margin: float
+    kept: bool
+    drop_reason: str
+    prefers_x: bool
+    score: float
+
+
 class Shot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     judgment_uuid: str

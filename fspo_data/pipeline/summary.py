@@ -21,6 +21,7 @@ from fspo_data.core.shards import (
     scan_committed,
 )
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
+from fspo_data.pipeline.gold import GoldFigures
 
 
 class StageSummary(BaseModel):
@@ -95,6 +96,9 @@ class RunSummary(BaseModel):
     )
     diversity: dict[str, float | None] = Field(
         default_factory=dict, description="Headline figures of the diversity report."
+    )
+    gold: dict[str, GoldFigures] = Field(
+        default_factory=dict, description="Gold accuracy of the judge per domain, and 'overall'."
     )
 
 
