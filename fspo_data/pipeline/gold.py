@@ -24,3 +24,12 @@ class GoldFigures(BaseModel):
     accuracy: float | None
     ci_low: float | None
     ci_high: float | None
+
+    def describe(self) -> str:
+        """'0.62 [0.50, 0.73] (48 pairs, 20 kept, 17 right)': how every place prints it."""
+        if self.accuracy is None or self.ci_low is None or self.ci_high is None:
+            return "n/a (no gold pairs)"
+        return (
+            f"{self.accuracy:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}] "
+            f"({self.pairs} pairs, {self.kept} kept, {self.right} right)"
+        )
