@@ -31,7 +31,7 @@ from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.records import Judgment, to_table
 from fspo_data.core.shards import read_committed
 from fspo_data.judging import LAYOUTS
-from fspo_data.stages import judge
+from fspo_data.stages import judge, pairs
 from fspo_data.stages.base import ShardSpec, StageContext
 
 
@@ -127,7 +127,7 @@ def main() -> None:
             totals[layout][1] += seconds
             print(f"round {round_index + 1} {layout:>13}: {seconds:.1f} s")
 
-    pool = len(judge.shard_inputs(spec, inputs, configs["pair_first"]).pool)
+    pool = len(pairs.shard_inputs(spec, inputs, configs["pair_first"]).pool)
     print(
         f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; model {base.model.model}; {args.users} users x "

@@ -18,8 +18,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from string import Template
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fspo_data.core.chat import ChatMessage
 from fspo_data.core.config import CountsConfig
@@ -64,6 +65,33 @@ class ResponseSpec(_Spec):
     )
 
 
+class GoldSpec(_Spec):
+    """How the domain makes gold pairs: pairs whose right answer for a user is known by
+    construction (README "Gold pairs and the gate")."""
+
+    rule: Literal["stated_preference", "shared_parts", "level_distance"] = Field(
+        default="stated_preference",
+        description="'stated_preference': a probe user, a real user's description with a stated "
+        "preference between the pair's two views appended (`stated_preference`), the preferred "
+        "view drawn at random; 'shared_parts': the user's `trait` value and each view are "
+        "parts joined by ' and ' (review's 'positive and concise'), the right candidate's view "
+        "shares at least `min_gap` more parts with it; 'level_distance': the `trait` values are "
+        "`responses.views` in order (elix's levels), the right candidate is written at the "
+        "user's level and the other at least `min_gap` levels away.",
+    )
+    trait: str = Field(default="", description="The trait the two trait rules compare views with.")
+    min_gap: int = Field(default=1, ge=1, description="How much better the right view must be.")
+
+    @model_validator(mode="after")
+    def _trait_named(self) -> GoldSpec:
+        if self.rule != "stated_preference" and not self.trait:
+            raise ValueError(f"rule {self.rule!r} compares views with a trait: name it in `trait`")
+        return self
+
+
+PART_SEPARATOR = " and "
+
+
 class DomainFile(_Spec):
     """What a domain.yaml holds."""
 
@@ -74,6 +102,7 @@ class DomainFile(_Spec):
     questions: QuestionSpec
     responses: ResponseSpec
     stated_preference: str = Field(description="Sentence over $chosen_view and $rejected_view.")
+    gold: GoldSpec = Field(default=GoldSpec(), description="How gold pairs are made.")
 
 
 class DomainSpec(DomainFile):
@@ -112,6 +141,29 @@ class DomainSpec(DomainFile):
             return ""
         level = next((t.value for t in traits if t.name == trait), None)
         return "easy" if level in (view_x, view_y) else "hard"
+
+    def gold_answer(self, traits: list[Trait], view_x: str, view_y: str) -> bool | None:
+        """Whether x is the right answer of a gold pair for a user with `traits` under a trait
+        rule (`gold.rule`); None where the pair is no gold pair for that user."""
+        gold = self.gold
+        value = next((t.value for t in traits if t.name == gold.trait), None)
+        if value is None or gold.rule == "stated_preference":
+            return None
+        if gold.rule == "shared_parts":
+            parts = set(value.split(PART_SEPARATOR))
+            gap = len(parts & set(view_x.split(PART_SEPARATOR))) - len(
+                parts & set(view_y.split(PART_SEPARATOR))
+            )
+            return None if abs(gap) < gold.min_gap else gap > 0
+        levels = self.responses.views
+        if value not in levels or view_x not in levels or view_y not in levels:
+            return None
+        distance_x, distance_y = (
+            abs(levels.index(v) - levels.index(value)) for v in (view_x, view_y)
+        )
+        if min(distance_x, distance_y) != 0 or max(distance_x, distance_y) < gold.min_gap:
+            return None
+        return distance_x == 0
 
     def state_preference(self, chosen_view: str, rejected_view: str) -> str:
         return Template(self.stated_preference).substitute(

@@ -20,6 +20,7 @@ from fspo_data.core.fspo_format import format_completion, format_prompt, format_
 from fspo_data.core.records import Shot
 from fspo_data.core.shards import Manifest, load_manifest
 from fspo_data.domains import load_domain
+from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.summary import StageSummary
 from fspo_data.stages import STAGES
 
@@ -229,8 +230,29 @@ def _summary(summary: Mapping[str, Any] | None, config: JobConfig | None) -> str
     overall = summary.get("consistency", {}).get("overall")
     if overall is not None:
         lines += ["", _near_duplicates(len(overall["flagged_users"]), config)]
+    lines += _gold(summary.get("gold", {}))
     lines += ["", f"Total wall time {summary['wall_seconds']:.1f} s."]
     return "\n".join(lines)
+
+
+def _gold(gold: Mapping[str, Any]) -> list[str]:
+    """Gold accuracy per domain: the judge on pairs whose right answer is known."""
+    if not gold:
+        return []
+    lines = [
+        "",
+        "Gold accuracy (the judge on gold pairs, whose right answer is known by construction; "
+        "chance 0.50, a dropped pair counts 0.5; 95 % Wilson interval). Gold pairs are in no "
+        "episode:",
+        "",
+        "| domain | gold accuracy |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {domain} | {GoldFigures.model_validate(figures).describe()} |"
+        for domain, figures in gold.items()
+    ]
+    return lines
 
 
 def _near_duplicates(flagged: int, config: JobConfig | None) -> str:

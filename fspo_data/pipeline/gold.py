@@ -11,7 +11,18 @@ trials of the same mean, so the interval is, if anything, wide.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict
+
+from fspo_data.core.config import JobConfig
+from fspo_data.core.shards import ShardEntry, committed_entries
+
+Z_95 = 1.959964
+GOLD_STAGE = "gold"
 
 
 class GoldFigures(BaseModel):
@@ -33,3 +44,75 @@ class GoldFigures(BaseModel):
             f"{self.accuracy:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}] "
             f"({self.pairs} pairs, {self.kept} kept, {self.right} right)"
         )
+
+
+def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion `successes / trials` (trials > 0)."""
+    p, shrink = successes / trials, 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / shrink
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def figures_of(judged: int, kept: int, right: int) -> GoldFigures:
+    """Gold figures from counts: score sum = right + (judged - kept) / 2."""
+    if not judged:
+        return GoldFigures(pairs=0, kept=0, right=0, accuracy=None, ci_low=None, ci_high=None)
+    score = right + (judged - kept) / 2
+    low, high = wilson_interval(score, judged)
+    return GoldFigures(
+        pairs=judged, kept=kept, right=right, accuracy=score / judged, ci_low=low, ci_high=high
+    )
+
+
+def gold_figures(entries: Mapping[str, ShardEntry]) -> dict[str, GoldFigures]:
+    """Per domain and 'overall', from the gold shards' counters (no rows read), so the gate can
+    judge a stage in flight from its manifest. {} when no gold pair was judged."""
+    tallies: dict[str, Counter[str]] = {}
+    for name, entry in sorted(entries.items()):
+        domain = name.rsplit("-", 1)[0]
+        tallies.setdefault(domain, Counter()).update(
+            {k: v for k, v in entry.counters.items() if k.startswith("gold_pairs_")}
+        )
+    if not any(t["gold_pairs_judged"] for t in tallies.values()):
+        return {}
+    tallies["overall"] = sum(tallies.values(), Counter())
+    return {
+        domain: figures_of(t["gold_pairs_judged"], t["gold_pairs_kept"], t["gold_pairs_right"])
+        for domain, t in tallies.items()
+    }
+
+
+def summarize_gold(run_dir: Path) -> dict[str, GoldFigures]:
+    return gold_figures(committed_entries(run_dir, GOLD_STAGE))
+
+
+def gate_failure(
+    config: JobConfig, entries: Mapping[str, ShardEntry], stage_done: bool
+) -> str | None:
+    """Why the gate stops the run, in one line; None while it lets the run go on.
+
+    A domain is held to `min_accuracy` once it has `min_pairs` gold pairs judged; when the
+    gold stage is done, a domain that never got there stops the run too, since its judge
+    was never measured.
+    """
+    gate = config.stages.judge.gate
+    if gate.min_accuracy is None:
+        return None
+    figures = gold_figures(entries)
+    for domain in config.domains:
+        gold = figures.get(domain) or figures_of(0, 0, 0)
+        if gold.pairs >= gate.min_pairs and gold.accuracy is not None:
+            if gold.accuracy < gate.min_accuracy:
+                return (
+                    f"gate: {domain} gold accuracy {gold.describe()} is below "
+                    f"stages.judge.gate.min_accuracy {gate.min_accuracy:g}: the judge does not "
+                    "follow the known answers; change the judge model (or the gate)"
+                )
+        elif stage_done:
+            return (
+                f"gate: {domain} has {gold.pairs} gold pairs judged, fewer than "
+                f"stages.judge.gate.min_pairs {gate.min_pairs}: raise "
+                "stages.judge.gold_pairs_per_user or counts.users (or lower min_pairs)"
+            )
+    return None

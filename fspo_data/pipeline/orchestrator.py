@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBacken
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
+    Manifest,
     OutputWriteError,
     ShardEntry,
     read_committed,
@@ -42,6 +44,7 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
+from fspo_data.pipeline.gold import GOLD_STAGE, gate_failure, summarize_gold
 from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
 from fspo_data.pipeline.summary import (
     RunSummary,
@@ -62,6 +65,12 @@ class ModelUnavailable(RuntimeError):
 
 class RunStopped(RuntimeError):
     """The run cannot go on (model down, output not writable); committed shards are kept."""
+
+
+# Checks of a stage's committed shards that can stop the run, by stage: called after each
+# commit (`stage_done` False) and once the stage is whole; a message stops the run.
+StageCheck = Callable[[JobConfig, Mapping[str, ShardEntry], bool], str | None]
+STAGE_CHECKS: dict[str, StageCheck] = {GOLD_STAGE: gate_failure}
 
 
 # Raised inside a worker, they stop the run with their one-line message, not a traceback.
@@ -204,6 +213,13 @@ def shard_result(ref: ray.ObjectRef) -> ShardEntry:
         raise
 
 
+def check_stage(config: JobConfig, stage: Stage, manifest: Manifest, stage_done: bool) -> None:
+    check = STAGE_CHECKS.get(stage.name)
+    message = check(config, manifest.shards, stage_done) if check else None
+    if message:
+        raise RunStopped(message)
+
+
 def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool) -> StageSummary:
     started = time.perf_counter()
     stage_dir = config.run_dir / stage.name
@@ -214,7 +230,11 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     for line in recomputed if progress else []:
         tqdm.write(line)
     notes += recomputed
-    todo = [s for s in specs if s.name not in manifest.shards]
+    # Domains interleaved: every domain's first shards run first, so a stage check (the gold
+    # gate) can judge each domain before the stage has spent much on any.
+    todo = sorted(
+        (s for s in specs if s.name not in manifest.shards), key=lambda s: (s.index, s.domain)
+    )
     if stage.needs_llm:
         actors = pool.get() if todo else []
         pending = [actors[i % len(actors)].run_shard.remote(s) for i, s in enumerate(todo)]
@@ -239,11 +259,13 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
             manifest.shards[spec.name] = entry
             bar.update(1)
             bar.set_postfix(rows=manifest.rows)
+            check_stage(config, stage, manifest, stage_done=False)
             if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:
                 save_manifest(stage_dir, manifest)
                 last_save = time.perf_counter()
         # A worker lost mid-write (its node died) leaves a temp file; its shard was retried.
         remove_temp_files(stage_dir)
+        check_stage(config, stage, manifest, stage_done=True)
     except BaseException:
         stopping = True
         for ref in pending:
@@ -292,6 +314,7 @@ def run_job(
             wall_seconds=time.perf_counter() - started,
             stages=stages,
             consistency=summarize_judgments(config.run_dir, config.stages.judge),
+            gold=summarize_gold(config.run_dir),
         )
         write_summary(config.run_dir, summary)
     except OutputWriteError as exc:

@@ -157,6 +157,7 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
         )
     console.print(table)
     render_consistency(summary.consistency, console)
+    render_gold(summary.gold, console)
     if summary.diversity:
         figures = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in summary.diversity.items())
         console.print(f"diversity: {figures}")
@@ -168,6 +169,18 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def render_gold(gold: dict[str, GoldFigures], console: Console) -> None:
+    if not gold:
+        return
+    console.print(
+        "gold accuracy (the judge on pairs whose answer is known; chance 0.50, a dropped pair "
+        "counts 0.5; 95 % interval):"
+    )
+    width = max(len(domain) for domain in gold)
+    for domain, figures in gold.items():
+        console.print(f"  {domain:<{width}}  {figures.describe()}")
 
 
 def render_consistency(stats: dict[str, Consistency], console: Console) -> None:

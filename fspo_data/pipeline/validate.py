@@ -23,7 +23,19 @@ _SLACK = 1e-9
 
 def job_problems(config: JobConfig) -> list[str]:
     """`field: what is wrong` for each cross-file problem of `config`; [] when it is sound."""
-    return domain_problems(config)
+    return gate_problems(config) + domain_problems(config)
+
+
+def gate_problems(config: JobConfig) -> list[str]:
+    """A gate that could never be checked would stop every run once the gold stage ends."""
+    judge = config.stages.judge
+    most = config.counts.users * judge.gold_pairs_per_user
+    if judge.gate.min_accuracy is None or judge.gate.min_pairs <= most:
+        return []
+    return [
+        f"stages.judge.gate.min_pairs: {judge.gate.min_pairs} gold pairs per domain is more than "
+        f"counts.users x stages.judge.gold_pairs_per_user ({most}) can give"
+    ]
 
 
 def domain_problems(config: JobConfig) -> list[str]:

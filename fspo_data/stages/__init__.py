@@ -7,6 +7,7 @@ it reads shard by shard; `plan_shards` is the one place that resolves this.
 from fspo_data.core.config import JobConfig
 from fspo_data.stages import (
     episodes,
+    gold,
     judge,
     persona_duplicates,
     personas,
@@ -20,6 +21,8 @@ STAGES: tuple[Stage, ...] = (
     personas.STAGE,
     questions.STAGE,
     responses.STAGE,
+    # Before the judge: the gate (pipeline/gold.py) reads its figures before the budget goes.
+    gold.STAGE,
     judge.STAGE,
     # A CPU stage: placed after the last LLM stage before episodes, so that the engines
     # are not released and restarted between LLM stages.

@@ -32,13 +32,15 @@ def test_calls_per_stage_match_hand_counts():
     # roleplay: model personas, questions, views; review: templates and fixed views only;
     # elix: templated users, model questions, fixed views. 3 candidates -> 3 pairs per question,
     # pool 4 x 3 = 12 >= 5 pairs per user. Judge: 6 users x 5 pairs x 2 orders x 2 samples x
-    # (1 + 1 refinement round) = 240 calls per domain.
+    # (1 + 1 refinement round) = 240 calls per domain. Gold: 6 users x 2 gold pairs x 2 orders
+    # x 2 samples = 48 per domain, judged once (no refinement).
     loads = {s.stage: s for s in job_loads(small_config())}
     assert {stage: s.calls for stage, s in loads.items()} == {
         "personas": 6,
         "questions": 4 + 4,
         "views": 4,
         "responses": 3 * 4 * 3,
+        "gold": 3 * 48,
         "judge": 3 * 240,
     }
     assert loads["personas"].generated_tokens == 6 * 50

@@ -11,7 +11,7 @@ from fspo_data.core.config import JobConfig, JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Response, Trait, to_table
 from fspo_data.domains import load_domain
 from fspo_data.pipeline.consistency import consistency
-from fspo_data.stages import judge
+from fspo_data.stages import judge, pairs
 from fspo_data.stages.base import ShardSpec, StageContext
 from tests.conftest import ScriptedBackend, tables
 
@@ -100,12 +100,12 @@ def _responses(n_questions: int, per_question: int) -> list[Response]:
 
 
 def test_candidate_pairs_and_assignment_are_stable():
-    pool = judge.candidate_pairs(_responses(3, 3))
+    pool = pairs.candidate_pairs(_responses(3, 3))
     assert len(pool) == 9 and all(p.x < p.y for p in pool)
-    first = judge.assign_pairs("user-1", pool, 4, seed=0)
-    assert first == judge.assign_pairs("user-1", pool, 4, seed=0)
+    first = pairs.assign_pairs("user-1", pool, 4, seed=0)
+    assert first == pairs.assign_pairs("user-1", pool, 4, seed=0)
     assert len(set(first)) == 4
-    assert len(judge.assign_pairs("user-1", pool, 50, seed=0)) == 9
+    assert len(pairs.assign_pairs("user-1", pool, 50, seed=0)) == 9
 
 
 def biased_judge_preferring_good(request: ChatRequest) -> Completion:

@@ -20,6 +20,7 @@ from fspo_data.core.shards import committed_files, scan_committed
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
 from fspo_data.pipeline.consistency import near_duplicate_labellers
+from fspo_data.pipeline.gold import summarize_gold
 from fspo_data.pipeline.report import html, plots
 from fspo_data.pipeline.report.figures import (
     CandidateFigures,
@@ -181,6 +182,9 @@ def build_report(
             heatmap = plots.agreement_heatmap(report.judgments, agreement)
             histogram = plots.cross_user_entropy_histogram(report.judgments)
             sections += html.judgment_sections(report.judgments, heatmap, histogram)
+    report.gold = summarize_gold(run_dir)
+    if report.gold:
+        sections.append(html.gold_section(report.gold))
     report.timings_s = timer.seconds
     return _write(run_dir / "report", report, sections)
 

@@ -18,6 +18,7 @@ from fspo_data.core.config import JudgeConfig
 from fspo_data.domains import load_domain
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.pipeline.gold import GoldFigures
 
 _PAIR = ["question_uuid", "first", "second"]
 
@@ -104,6 +105,7 @@ class DiversityReport(BaseModel):
     questions: TextFigures | None = None
     candidates: CandidateFigures | None = None
     judgments: JudgmentFigures | None = None
+    gold: dict[str, GoldFigures] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     timings_s: dict[str, float] = Field(default_factory=dict)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.report.figures import (
     CandidateFigures,
     DiversityReport,
@@ -117,7 +118,23 @@ HOW_TO_READ = {
         "This is not the run summary's label entropy (the judge's uncertainty per user and "
         "pair, the paper's 0.64 -> 0.13 nats), which should be low."
     ),
+    "gold": (
+        "Gold pairs have a right answer known by construction (the domain's gold rule: review, "
+        "the candidate sharing more of the user's stated style; elix, the one written at the "
+        "user's level against one two or more levels away; roleplay, probe users whose "
+        "description states which of the two views they prefer). They are judged like every "
+        "other pair, in both orders and the same mode, and never enter an episode. Accuracy "
+        "counts a dropped pair as 0.5, so chance, and a judge that only follows the slot, "
+        "score 0.50 whatever the mode; the interval is Wilson's at 95 %. Near 0.5 the labels "
+        "of this run say nothing about the users; a low figure can also mean the candidates "
+        "do not follow the view they were written for."
+    ),
 }
+
+
+def gold_section(gold: dict[str, GoldFigures]) -> Section:
+    table = {domain: figures.describe() for domain, figures in gold.items()}
+    return Section("Gold accuracy of the judge", table, None, HOW_TO_READ["gold"])
 
 
 def _format(value: Any) -> str:
