@@ -195,7 +195,8 @@ def test_headline_figures(full_run: ReportResult) -> None:
     assert headline["persona_near_duplicate_rate"] == pytest.approx(0.5)
     assert headline["near_duplicate_labellers"] == 2.0
     assert headline["persona_vendi"] == full_run.report.personas.vendi
-    assert 4 <= len(headline) <= 6
+    assert headline["mean_agreement"] == full_run.report.judgments.mean_agreement
+    assert 4 <= len(headline) <= 7
 
 
 def test_missing_stages_are_skipped_and_no_embedder_is_loaded(tmp_path: Path) -> None:
