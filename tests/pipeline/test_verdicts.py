@@ -272,3 +272,10 @@ def test_the_card_lists_the_verdicts(tmp_path: Path) -> None:
     listed = [line for line in section.splitlines() if line.startswith("- ")]
     assert listed == [f"- **{c.status}** {c.text()}" for c in run.verdicts]
     assert card.index("## Verdicts") < card.index("## Loading")
+
+
+def test_the_readme_states_every_threshold_with_its_default() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Verdicts\n", 1)[1].split("\n## ", 1)[0]
+    for name, field in ChecksConfig.model_fields.items():
+        assert f"`{name}` {field.default:g}" in section, name
