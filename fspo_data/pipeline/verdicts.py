@@ -94,9 +94,10 @@ def _missing(name: str, threshold: str, action: str) -> Check:
 
 
 def _judged(
-    name: str, value: float, status: Status, figure: str, threshold: str, actions: dict[str, str]
+    name: str, value: float, status: Status, figure: str, threshold: str, *, red: str, amber: str
 ) -> Check:
-    action = actions.get(status, GREEN)
+    """A measured check; `red` and `amber` say what to do at those statuses."""
+    action = {"red": red, "amber": amber}.get(status, GREEN)
     return Check(
         name=name, status=status, value=value, figure=figure, threshold=threshold, action=action
     )
@@ -118,11 +119,8 @@ def _personalization(agreement: float | None, checks: ChecksConfig) -> Check:
         status,
         figure,
         threshold,
-        {
-            "red": "Do not train on these labels: they follow the judge's taste, not the persona; "
-            "use a stronger judge.",
-            "amber": "Look for blocks of alike users in the report's agreement matrix.",
-        },
+        red="Use a stronger judge: these labels follow its taste, not the persona.",
+        amber="Look for blocks of alike users in the report's agreement matrix.",
     )
 
 
@@ -147,10 +145,8 @@ def _gold(gold: dict[str, GoldFigures], checks: ChecksConfig, gate: GateConfig) 
         status,
         figure,
         threshold,
-        {
-            "red": "Use a stronger judge: its labels are close to chance.",
-            "amber": f"Read {worst}'s gold pairs, or use a stronger judge.",
-        },
+        red="Use a stronger judge: its labels are close to chance.",
+        amber=f"Read {worst}'s gold pairs, or use a stronger judge.",
     )
 
 
@@ -171,10 +167,8 @@ def _position(overall: Consistency | None, checks: ChecksConfig) -> Check:
         status,
         figure,
         threshold,
-        {
-            "red": "Keep judge.mode calibrated and use a judge that reads the responses.",
-            "amber": "Keep judge.mode calibrated: it cancels a constant bias.",
-        },
+        red="Keep judge.mode calibrated and use a judge that reads the responses.",
+        amber="Keep judge.mode calibrated: it cancels a constant bias.",
     )
 
 
@@ -198,10 +192,8 @@ def _entropy(overall: Consistency | None, checks: ChecksConfig) -> Check:
         status,
         figure,
         threshold,
-        {
-            "red": "Use a stronger judge: its labels are close to coin flips.",
-            "amber": "Raise stages.judge.refine_rounds, or use a stronger judge.",
-        },
+        red="Use a stronger judge: its labels are close to coin flips.",
+        amber="Raise stages.judge.refine_rounds, or use a stronger judge.",
     )
 
 
@@ -227,9 +219,7 @@ def _truncation(stages: list[StageSummary], checks: ChecksConfig) -> Check:
     worst = max(cut, key=lambda w: (cut[w], w))
     figure = f"{sum(cut.values())} of {total} texts cut at max_tokens ({share:.1%})"
     raise_budget = f"Raise stages.{worst}.max_tokens ({cut[worst]} of {asked[worst]} cut)."
-    return _judged(
-        name, share, status, figure, threshold, {"red": raise_budget, "amber": raise_budget}
-    )
+    return _judged(name, share, status, figure, threshold, red=raise_budget, amber=raise_budget)
 
 
 def _similarity(similarity: float | None, checks: ChecksConfig) -> Check:
@@ -248,8 +238,6 @@ def _similarity(similarity: float | None, checks: ChecksConfig) -> Check:
         status,
         figure,
         threshold,
-        {
-            "red": "Steer candidates by views, or use an ensemble of models.",
-            "amber": "Look for collapsed viewpoints in the report's candidate histogram.",
-        },
+        red="Steer candidates by views, or use an ensemble of models.",
+        amber="Look for collapsed viewpoints in the report's candidate histogram.",
     )
