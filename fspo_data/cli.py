@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fspo_data.core.config import load_config
-from fspo_data.core.config_files import ConfigError
+from fspo_data.core.config_files import ConfigError, load_yaml_model
 from fspo_data.pipeline.plan import add_plan_command
 from fspo_data.pipeline.validate import load_job
 
@@ -75,13 +75,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fspo_data.pipeline.summary import RunSummary, render_verdicts, write_summary
 
     config = load_config(args.run_dir / "config.yaml")
-    embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
     # The summary-side figures of the verdicts (gold, judge statistics, truncation) come from
     # the run's summary.json; a run that has not finished has none, and those checks are grey.
+    # JSON is YAML: a summary of another version fails in one line naming the file and field.
     summary_path = args.run_dir / "summary.json"
-    summary = (
-        RunSummary.model_validate_json(summary_path.read_text()) if summary_path.is_file() else None
-    )
+    summary = load_yaml_model(summary_path, RunSummary) if summary_path.is_file() else None
+    embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
     result = build_report(
         args.run_dir,
         embedder,

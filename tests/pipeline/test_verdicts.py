@@ -279,3 +279,15 @@ def test_the_readme_states_every_threshold_with_its_default() -> None:
     section = readme.split("### Verdicts\n", 1)[1].split("\n## ", 1)[0]
     for name, field in ChecksConfig.model_fields.items():
         assert f"`{name}` {field.default:g}" in section, name
+
+
+def test_a_summary_json_report_cannot_read_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.yaml").write_text(dump_config(JobConfig(run_dir=tmp_path)))
+    (tmp_path / "summary.json").write_text('{"run_dir": "r", "wall_seconds": 1.0}')
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: {tmp_path / 'summary.json'}: config_fingerprint: Field required (+1 more)\n"
+    )
