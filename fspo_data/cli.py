@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fspo_data.core.config import load_config
-from fspo_data.core.config_files import ConfigError
+from fspo_data.core.config_files import ConfigError, load_yaml_model
 from fspo_data.pipeline.plan import add_plan_command
 from fspo_data.pipeline.validate import load_job
 
@@ -72,8 +72,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fspo_data.personas.embeddings import make_embedder
     from fspo_data.pipeline.report import build_report, headline_figures
+    from fspo_data.pipeline.summary import RunSummary, render_verdicts, write_summary
 
     config = load_config(args.run_dir / "config.yaml")
+    # The summary-side figures of the verdicts (gold, judge statistics, truncation) come from
+    # the run's summary.json; a run that has not finished has none, and those checks are grey.
+    # JSON is YAML: a summary of another version fails in one line naming the file and field.
+    summary_path = args.run_dir / "summary.json"
+    summary = load_yaml_model(summary_path, RunSummary) if summary_path.is_file() else None
     embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
     result = build_report(
         args.run_dir,
@@ -82,10 +88,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=config.seed,
         flag_settings=config.stages.judge,
         domains_dir=config.domains_dir,
+        summary=summary,
+        checks=config.checks,
     )
     for name, value in headline_figures(result).items():
         print(f"{name:>32}  {value:.4g}")
+    render_verdicts(result.summary.verdicts, Console())
     print(f"wrote {result.html_path} and {result.json_path}")
+    if summary is not None:  # keep summary.json's diversity figures and verdicts the report's
+        write_summary(args.run_dir, result.summary)
+        print(f"updated {summary_path}")
     return 0
 
 

@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from fspo_data.core.checks_config import ChecksConfig
 from fspo_data.core.config_files import StrictModel, load_yaml_model
 from fspo_data.core.model_config import ModelConfig
 
@@ -303,6 +304,10 @@ class JobConfig(StrictModel):
     report: ReportConfig = Field(
         default=ReportConfig(), description="The diversity report written after a run."
     )
+    checks: ChecksConfig = Field(
+        default=ChecksConfig(),
+        description="Thresholds of the verdict lines that end the run summary and open the report.",
+    )
 
     @field_validator("run_dir", "domains_dir", mode="before")
     @classmethod
@@ -331,7 +336,7 @@ class JobConfig(StrictModel):
         retry budget are where and how fast; `max_malformed_retries` moves seeds, so it stays.
         """
         payload = self.model_dump(
-            mode="json", exclude={"run_dir": True, "ray": True, "report": True}
+            mode="json", exclude={"run_dir": True, "ray": True, "report": True, "checks": True}
         )
         payload["model"] = self.model.identity()
         if not self.personas.stratify:

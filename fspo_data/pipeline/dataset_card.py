@@ -22,6 +22,7 @@ from fspo_data.core.shards import Manifest, load_manifest
 from fspo_data.domains import load_domain
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.summary import StageSummary
+from fspo_data.pipeline.verdicts import Check
 from fspo_data.stages import STAGES
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card.md.tmpl")
@@ -99,6 +100,7 @@ def render_card(
     config = load_config(config_path) if config_path.is_file() else None
     manifests = _read_manifests(run_dir)
     has_rationale = any(name in schema.names for name in RATIONALE_COLUMNS)
+    summary = _read_json(run_dir / "summary.json")
     return Template(CARD_TEMPLATE.read_text()).substitute(
         front_matter=yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
         pretty_name=header["pretty_name"],
@@ -112,7 +114,8 @@ def render_card(
         rationale_note=_rationale_note() if has_rationale else "",
         provenance=_provenance(config, manifests),
         stages_table=_stages_table(manifests),
-        summary=_summary(_read_json(run_dir / "summary.json"), config),
+        verdicts=_verdicts(summary),
+        summary=_summary(summary, config),
         diversity_table=_diversity_table(_read_json(run_dir / "report" / "diversity.json")),
         limitations=_limitations(config),
     )
@@ -205,6 +208,14 @@ def _stages_table(manifests: Mapping[str, Manifest]) -> str:
     lines = ["| stage | committed shards | rows |", "|---|---:|---:|"]
     lines += [f"| {name} | {len(m.shards)} | {m.rows} |" for name, m in manifests.items()]
     return "\n".join(lines)
+
+
+def _verdicts(summary: Mapping[str, Any] | None) -> str:
+    """The run's verdict lines from summary.json, as the run summary printed them."""
+    checks = [Check.model_validate(c) for c in (summary or {}).get("verdicts", [])]
+    if not checks:
+        return "not computed"
+    return "\n".join(f"- **{c.status}** {c.text()}" for c in checks)
 
 
 def _summary(summary: Mapping[str, Any] | None, config: JobConfig | None) -> str:

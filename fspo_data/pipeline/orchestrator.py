@@ -53,6 +53,7 @@ from fspo_data.pipeline.summary import (
     write_summary,
 )
 from fspo_data.pipeline.validate import validate_job, validate_placement
+from fspo_data.pipeline.verdicts import with_verdicts
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import Inputs, ShardSpec, Stage, StageContext, require_columns
 
@@ -316,6 +317,7 @@ def run_job(
             consistency=summarize_judgments(config.run_dir, config.stages.judge),
             gold=summarize_gold(config.run_dir),
         )
+        summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
         write_summary(config.run_dir, summary)
     except OutputWriteError as exc:
         raise RunStopped(str(exc)) from None

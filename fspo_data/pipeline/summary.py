@@ -22,6 +22,7 @@ from fspo_data.core.shards import (
 )
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
 from fspo_data.pipeline.gold import GoldFigures
+from fspo_data.pipeline.verdicts import RICH_STYLES, Check
 
 
 class StageSummary(BaseModel):
@@ -100,6 +101,11 @@ class RunSummary(BaseModel):
     gold: dict[str, GoldFigures] = Field(
         default_factory=dict, description="Gold accuracy of the judge per domain, and 'overall'."
     )
+    verdicts: list[Check] = Field(
+        default_factory=list,
+        description="One line per check, in order (`pipeline.verdicts`); the summary ends with "
+        "them, the report opens with them.",
+    )
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
@@ -165,6 +171,14 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
         for note in s.notes:
             console.print(f"[yellow]resume:[/] {note}")
     console.print(f"wall time {summary.wall_seconds:.1f} s")
+    render_verdicts(summary.verdicts, console)
+
+
+def render_verdicts(checks: list[Check], console: Console) -> None:
+    """One line per check, coloured by its status, never wrapped (CI logs are grepped)."""
+    for check in checks:
+        style = RICH_STYLES[check.status]
+        console.print(check.line(), style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:

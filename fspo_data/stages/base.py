@@ -236,6 +236,9 @@ def complete_whole(
 
     The retry keeps the request's seed, so a seeded engine writes the same opening again.
     """
+    # Both counters exist even at 0, so the verdict on truncated texts can tell "nothing cut"
+    # from "no text of this kind generated".
+    counters.update({f"{what}_regenerated_truncated": 0, f"{what}_dropped_truncated": 0})
     completions = complete_all(ctx.llm(), requests, counters, what)
     factor, context = ctx.config.stages.truncation.retry_factor, ctx.config.model.max_model_len
     retries: dict[int, ChatRequest] = {}

@@ -195,7 +195,8 @@ def test_headline_figures(full_run: ReportResult) -> None:
     assert headline["persona_near_duplicate_rate"] == pytest.approx(0.5)
     assert headline["near_duplicate_labellers"] == 2.0
     assert headline["persona_vendi"] == full_run.report.personas.vendi
-    assert 4 <= len(headline) <= 6
+    assert headline["mean_agreement"] == full_run.report.judgments.mean_agreement
+    assert 4 <= len(headline) <= 7
 
 
 def test_missing_stages_are_skipped_and_no_embedder_is_loaded(tmp_path: Path) -> None:
@@ -255,6 +256,11 @@ def test_run_command_prints_the_headline_diversity_figures(tmp_path: Path) -> No
         kill_session(job)  # Ray's agents outlive the driver
     assert job.returncode == 0, err
     assert "diversity: persona_vendi" in out
+    # The summary ends with one verdict line per check, as stored in summary.json.
+    verdicts = json.loads((config.run_dir / "summary.json").read_text())["verdicts"]
+    ending = out.rstrip("\n").splitlines()[-len(verdicts) :]
+    assert [line.split(":")[0].split()[1] for line in ending[:2]] == ["personalization", "gold"]
+    assert len(verdicts) == 6 and verdicts[0]["value"] is not None  # the report's agreement
     stored = json.loads((config.run_dir / "summary.json").read_text())["diversity"]
     assert stored["persona_vendi"] > 1.0
     assert 0.0 <= stored["candidate_similarity"] <= 1.0

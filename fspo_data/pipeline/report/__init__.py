@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from fspo_data.core.checks_config import ChecksConfig
 from fspo_data.core.config import JobConfig, JudgeConfig
 from fspo_data.core.shards import committed_files, scan_committed
 from fspo_data.personas import diversity as dv
@@ -37,6 +38,7 @@ from fspo_data.pipeline.report.figures import (
     trait_figures,
 )
 from fspo_data.pipeline.summary import RunSummary, write_summary
+from fspo_data.pipeline.verdicts import with_verdicts
 
 __all__ = [
     "CandidateFigures",
@@ -71,6 +73,7 @@ class ReportResult:
     report: DiversityReport
     json_path: Path
     html_path: Path
+    summary: RunSummary  # the run summary given, with this report's figures and the verdicts
 
 
 def headline_figures(result: ReportResult) -> dict[str, float]:
@@ -79,8 +82,8 @@ def headline_figures(result: ReportResult) -> dict[str, float]:
 
 
 def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSummary:
-    """Write the run's diversity report and put its headline figures into the summary (and
-    its summary.json); a figure the run has no data for yet is None."""
+    """Write the run's diversity report and put its headline figures and the verdicts into
+    the summary (and its summary.json); a figure the run has no data for yet is None."""
     result = build_report(
         config.run_dir,
         make_embedder(config.stages.persona_checks.embedder),
@@ -88,11 +91,11 @@ def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSumma
         seed=config.seed,
         flag_settings=config.stages.judge,
         domains_dir=config.domains_dir,
+        summary=summary,
+        checks=config.checks,
     )
-    figures = {k: None if math.isnan(v) else v for k, v in headline_figures(result).items()}
-    summary = summary.model_copy(update={"diversity": figures})
-    write_summary(config.run_dir, summary)
-    return summary
+    write_summary(config.run_dir, result.summary)
+    return result.summary
 
 
 def build_report(
@@ -103,6 +106,8 @@ def build_report(
     *,
     flag_settings: JudgeConfig,
     domains_dir: Path | None = None,
+    summary: RunSummary | None = None,
+    checks: ChecksConfig | None = None,
 ) -> ReportResult:
     """Compute every figure and write RUN_DIR/report/diversity.{json,html}.
 
@@ -111,7 +116,9 @@ def build_report(
     the agreement matrix), drawn with `seed`. `flag_settings` is the run's judge config: its
     `flag_agreement` and `flag_min_shared` decide the near-duplicate labellers, as in the run
     summary. The trait figures read the taxonomies of the run's domains, from `domains_dir` as
-    the run did.
+    the run did. The page opens with the verdicts of `summary` (the run's summary.json; none:
+    the report's own figures only) with this report's figures, against `checks` (default:
+    the config's defaults) and the judge's gate.
     """
     run_dir = Path(run_dir)
     timer = Timer()
@@ -186,7 +193,13 @@ def build_report(
     if report.gold:
         sections.append(html.gold_section(report.gold))
     report.timings_s = timer.seconds
-    return _write(run_dir / "report", report, sections)
+    summary = summary or RunSummary(
+        run_dir=str(run_dir), config_fingerprint="", wall_seconds=0.0, stages=[]
+    )
+    figures = {k: None if math.isnan(v) else v for k, v in headline(report).items()}
+    summary = summary.model_copy(update={"diversity": figures})
+    summary = with_verdicts(summary, checks or ChecksConfig(), flag_settings.gate)
+    return _write(run_dir / "report", report, sections, summary)
 
 
 def _read(run_dir: Path, stage: str) -> pl.DataFrame | None:
@@ -198,9 +211,11 @@ def _read(run_dir: Path, stage: str) -> pl.DataFrame | None:
     return frame if frame.height else None
 
 
-def _write(out_dir: Path, report: DiversityReport, sections: list[html.Section]) -> ReportResult:
+def _write(
+    out_dir: Path, report: DiversityReport, sections: list[html.Section], summary: RunSummary
+) -> ReportResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ReportResult(report, out_dir / "diversity.json", out_dir / "diversity.html")
+    result = ReportResult(report, out_dir / "diversity.json", out_dir / "diversity.html", summary)
     html.write_atomic(result.json_path, report.model_dump_json(indent=2))
-    html.write_atomic(result.html_path, html.page(report, sections))
+    html.write_atomic(result.html_path, html.page(report, sections, summary.verdicts))
     return result

@@ -133,6 +133,8 @@ def headline(report: DiversityReport) -> dict[str, float]:
         "persona_near_duplicate_rate": personas.near_duplicate_rate if personas else nan,
         "candidate_similarity": candidates.mean_similarity if candidates else nan,
         "cross_user_label_entropy": judgments.cross_user_label_entropy if judgments else nan,
+        # The personalization verdict's figure: 1.0 when every user labels alike.
+        "mean_agreement": judgments.mean_agreement if judgments else nan,
         "near_duplicate_labellers": (
             float(len(judgments.near_duplicate_labellers)) if judgments else nan
         ),

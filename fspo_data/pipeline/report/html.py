@@ -17,6 +17,7 @@ from fspo_data.pipeline.report.figures import (
     TraitFigures,
     headline,
 )
+from fspo_data.pipeline.verdicts import CSS_COLOURS, Check
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,19 @@ def _table(figures: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def page(report: DiversityReport, sections: list[Section]) -> str:
+def _verdicts(checks: list[Check]) -> str:
+    """The verdict lines, each coloured by its status; the page opens with them."""
+    items = "".join(
+        f'<li style="color:{CSS_COLOURS[c.status]}">{html.escape(c.line())}</li>' for c in checks
+    )
+    return f'<ul class="verdicts">{items}</ul>'
+
+
+def page(report: DiversityReport, sections: list[Section], checks: list[Check]) -> str:
     parts = [
-        f"<h1>Diversity report</h1><p>{html.escape(report.run_dir)}: embedder "
+        "<h1>Diversity report</h1>",
+        _verdicts(checks),
+        f"<p>{html.escape(report.run_dir)}: embedder "
         f"{html.escape(report.embedder or 'none')}, sample size {report.sample_size}, seed "
         f"{report.seed}</p>",
         _table(headline(report)),
@@ -175,6 +186,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 8px}
 th{text-align:left;font-weight:normal;color:#555}td{text-align:right}img{max-width:100%}
 .read{background:#f5f5f5;border-left:3px solid #888;padding:.5em 1em}
+.verdicts{font-family:monospace;list-style:none;padding:0}
 </style></head><body>
 {body}
 </body></html>
