@@ -245,8 +245,14 @@ class OpenAIBackend:
         """One batch; then what did not come back whole, synchronously (one retry each)."""
         # The few batch-control calls use the client's own retries (its backoff honours
         # Retry-After too); the per-request policy above is for the many chat calls.
-        async with self._client(max_retries=self.settings.max_retries) as client:
-            results, created = await run_batch(client, self.settings, requests, self._journal)
+        try:
+            async with self._client(max_retries=self.settings.max_retries) as client:
+                results, created = await run_batch(client, self.settings, requests, self._journal)
+        except openai.APIError as exc:
+            # No batch API, a refused key, an endpoint down past the retries: every request
+            # fails with the reason, as a direct call would (a shard of them stops the run).
+            error = self._safe_error(f"batch: {describe_error(exc)}")
+            return [Completion(ok=False, error=error) for _ in requests]
         retry = [i for i, result in enumerate(results) if isinstance(result, str)]
         redone = await self._complete_all([requests[i] for i in retry]) if retry else []
         with self._stats_lock:

@@ -293,15 +293,15 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             path = self.path.rstrip("/")
             if path == "/v1/files":
                 self._send_json(200, server.add_file(*_multipart_upload(self.headers, raw)))
-                return
-            body = json.loads(raw)
-            if path == "/v1/batches":
-                batch = server.create_batch(body)
+            elif path == "/v1/batches":
+                batch = server.create_batch(json.loads(raw))
                 self._send_json(*((200, batch) if batch else NOT_FOUND))
-                return
-            if path != "/v1/chat/completions":
+            elif path == "/v1/chat/completions":
+                self._chat(json.loads(raw))
+            else:
                 self._send_json(*NOT_FOUND)
-                return
+
+        def _chat(self, body: dict[str, Any]) -> None:
             fault = server.begin_call(body, self.headers.get("Authorization", ""))
             try:
                 server.sleep(server.script.latency_s)

@@ -17,9 +17,11 @@ from .fake_openai_server import BatchScript, FakeOpenAIServer, expected_text
 from .test_openai_backend import KEY_ENV, make_requests, request_payload
 
 
-def batch_backend(server: FakeOpenAIServer, journal: Path | None = None) -> OpenAIBackend:
+def batch_backend(
+    server: FakeOpenAIServer, journal: Path | None = None, path: str = ""
+) -> OpenAIBackend:
     settings = OpenAISettings(
-        base_url=server.base_url,
+        base_url=server.base_url + path,
         model=server.model,
         api_key_env=KEY_ENV,
         backoff_initial_s=0.01,
@@ -136,3 +138,12 @@ def test_a_journaled_batch_the_server_no_longer_knows_is_submitted_again(tmp_pat
 
     assert creates == 1
     assert [c.text for c in completions] == texts(requests)
+
+
+def test_an_endpoint_without_the_batch_api_fails_every_request_with_the_reason() -> None:
+    with FakeOpenAIServer() as server:
+        completions = batch_backend(server, path="/missing").complete(make_requests(3))
+
+    assert [(c.ok, c.error) for c in completions] == [
+        (False, "batch: http 404: not found: not found")
+    ] * 3
