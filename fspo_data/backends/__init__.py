@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fspo_data.backends import instant
@@ -26,14 +27,15 @@ OPENAI_SAMPLING = SamplingLimits(backend="openai", max_temperature=2.0, max_top_
 
 @dataclass(frozen=True)
 class BackendEntry:
-    create: Callable[[ModelConfig], LLMBackend]
+    # (model, folder for the batch journal, or None outside a run) -> backend
+    create: Callable[[ModelConfig, Path | None], LLMBackend]
     process_env: Callable[[ModelConfig], dict[str, str]]
     # `field: what is wrong` for each job setting this backend cannot take, found before
     # anything starts (no engine library is imported).
     problems: Callable[[JobConfig], list[str]]
 
 
-def _openai(model: ModelConfig) -> LLMBackend:
+def _openai(model: ModelConfig, batch_journal: Path | None) -> LLMBackend:
     from fspo_data.backends.openai_backend import OpenAIBackend
 
     settings = model.openai
@@ -45,11 +47,13 @@ def _openai(model: ModelConfig) -> LLMBackend:
         "tokens_per_minute": settings.tokens_per_minute
         and settings.tokens_per_minute / model.replicas,
     }
-    return OpenAIBackend(settings.model_copy(update=share))
+    return OpenAIBackend(settings.model_copy(update=share), batch_journal)
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "vllm": BackendEntry(create=VLLMBackend, process_env=engine_env, problems=vllm_problems),
+    "vllm": BackendEntry(
+        create=lambda model, _: VLLMBackend(model), process_env=engine_env, problems=vllm_problems
+    ),
     # The API key stays in the environment the workers inherit; a runtime_env would show it
     # in Ray's dashboard, so nothing is passed here.
     "openai": BackendEntry(
@@ -59,13 +63,17 @@ BACKENDS: dict[str, BackendEntry] = {
     ),
     # Benchmarks and reliability tests only; see its module docstring. It takes any setting.
     instant.NAME: BackendEntry(
-        create=instant.InstantBenchmarkDouble, process_env=lambda _: {}, problems=lambda _: []
+        create=lambda model, _: instant.InstantBenchmarkDouble(model),
+        process_env=lambda _: {},
+        problems=lambda _: [],
     ),
 }
 
 
-def make_backend(model: ModelConfig) -> LLMBackend:
-    return BACKENDS[model.backend].create(model)
+def make_backend(model: ModelConfig, batch_journal: Path | None = None) -> LLMBackend:
+    """The backend of `model`; `batch_journal` (RUN_DIR/batches) lets a resumed run find
+    the batches a killed one submitted (openai batch mode)."""
+    return BACKENDS[model.backend].create(model, batch_journal)
 
 
 def backend_problems(job: JobConfig) -> list[str]:

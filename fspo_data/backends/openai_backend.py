@@ -8,12 +8,14 @@ stays malformed, comes back as `Completion(ok=False, error=...)`, never half-for
 
 The API key is read from the environment variable the settings name and is kept out of every
 repr, log record and error string.
+
+With `request_mode: batch` a call's requests go out as one batch file instead
+(`openai_batch`); what does not come back whole is retried here, synchronously.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -23,12 +25,15 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, TypeVar
 
 import openai
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from fspo_data.backends.openai_batch import BatchJournal, run_batch
+from fspo_data.backends.openai_wire import MalformedCompletion, parse_completion, request_body
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 from fspo_data.core.model_config import OpenAISettings
 
@@ -40,10 +45,6 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 MAX_ERROR_CHARS = 200
 
 T = TypeVar("T")
-
-
-class MalformedCompletion(Exception):
-    """A 200 answer that cannot be turned into a whole `Completion`."""
 
 
 @dataclass
@@ -101,93 +102,6 @@ def estimate_tokens(request: ChatRequest) -> int:
     """Tokens a request may use: all of max_tokens plus ~4 prompt characters per token."""
     prompt_chars = sum(len(message.content) for message in request.messages)
     return request.max_tokens + math.ceil(prompt_chars / 4)
-
-
-def request_body(model: str, request: ChatRequest, seed: int) -> dict[str, Any]:
-    """Keyword arguments of `chat.completions.create` for one request."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [message.model_dump() for message in request.messages],
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "seed": seed,
-    }
-    if request.top_logprobs > 0:
-        body["logprobs"] = True
-        body["top_logprobs"] = request.top_logprobs
-    return body
-
-
-def parse_completion(raw: bytes, top_logprobs: int) -> Completion:
-    """Turn a 200 response body into a `Completion`, or raise `MalformedCompletion`.
-
-    Text is required unless logprobs were asked: a one-token judge answer may decode to
-    whitespace, and its logprobs are what the caller reads.
-    """
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise MalformedCompletion("invalid JSON body") from exc
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedCompletion("empty choices")
-    choice = choices[0]
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if content is not None and not isinstance(content, str):
-        raise MalformedCompletion("content is not a string")
-    text = _well_formed(content or "")
-    logprobs = first_token_logprobs(choice.get("logprobs")) if top_logprobs > 0 else {}
-    if top_logprobs == 0 and not text.strip():
-        raise MalformedCompletion("empty content")
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    details = usage.get("prompt_tokens_details")
-    return Completion(
-        text=text,
-        prompt_tokens=_count(usage, "prompt_tokens"),
-        completion_tokens=_count(usage, "completion_tokens"),
-        cached_prompt_tokens=_count(details, "cached_tokens") if isinstance(details, dict) else 0,
-        first_token_logprobs=logprobs,
-        finish_reason=choice.get("finish_reason") or "",
-    )
-
-
-def _well_formed(text: str) -> str:
-    """`text` with lone UTF-16 surrogates replaced by U+FFFD.
-
-    JSON may escape half a surrogate pair ("\\ud800"); Python decodes it, but UTF-8, and so
-    Parquet, cannot hold it, and the shard's write would fail on every resume.
-    """
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def first_token_logprobs(logprobs: object) -> dict[str, float]:
-    """{stripped decoded token: best logprob} over the first token and its alternatives.
-
-    Several tokens decode to the same answer (" A", "A"); the best of them stands for it.
-    """
-    content = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
-        raise MalformedCompletion("missing logprobs")
-    first = content[0]
-    alternatives = first.get("top_logprobs")
-    if not isinstance(alternatives, list) or not alternatives:
-        raise MalformedCompletion("missing top_logprobs")
-    best: dict[str, float] = {}
-    for entry in [first, *alternatives]:
-        token = entry.get("token") if isinstance(entry, dict) else None
-        logprob = entry.get("logprob") if isinstance(entry, dict) else None
-        if not isinstance(token, str) or not isinstance(logprob, int | float):
-            raise MalformedCompletion("bad logprob entry")
-        key = token.strip()
-        best[key] = max(best.get(key, -math.inf), float(logprob))
-    return best
-
-
-def _count(mapping: dict[str, Any], key: str) -> int:
-    value = mapping.get(key)
-    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -280,11 +194,13 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class OpenAIBackend:
-    """`LLMBackend` over an OpenAI-compatible endpoint."""
+    """`LLMBackend` over an OpenAI-compatible endpoint; batch ids are journaled under
+    `batch_journal` (RUN_DIR/batches in a job)."""
 
-    def __init__(self, settings: OpenAISettings) -> None:
+    def __init__(self, settings: OpenAISettings, batch_journal: Path | None = None) -> None:
         self.settings = settings
         self.model_name = settings.model
+        self._journal = BatchJournal(batch_journal)
         self._api_key = SecretStr(os.environ.get(settings.api_key_env) or PLACEHOLDER_API_KEY)
         self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self._stats = BackendStats()
@@ -297,7 +213,10 @@ class OpenAIBackend:
         if not requests:
             return []
         started = time.perf_counter()
-        completions = run_sync(self._complete_all(requests))
+        batch = self.settings.request_mode == "batch"
+        completions = run_sync(
+            self._complete_batch(requests) if batch else self._complete_all(requests)
+        )
         with self._stats_lock:
             self._stats.add(completions, time.perf_counter() - started)
         self._log_failures(completions)
@@ -307,17 +226,44 @@ class OpenAIBackend:
         with self._stats_lock:
             return self._stats.model_copy()
 
-    async def _complete_all(self, requests: list[ChatRequest]) -> list[Completion]:
-        # Client and semaphore belong to this call's event loop; a new loop may run the next.
-        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
-        async with openai.AsyncOpenAI(
+    def _client(self, max_retries: int) -> openai.AsyncOpenAI:
+        # Clients belong to one call's event loop; a new loop may run the next call.
+        return openai.AsyncOpenAI(
             base_url=self.settings.base_url,
             api_key=self._api_key.get_secret_value(),
-            max_retries=0,
+            max_retries=max_retries,
             timeout=self.settings.request_timeout_s,
-        ) as client:
+        )
+
+    async def _complete_all(self, requests: list[ChatRequest]) -> list[Completion]:
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        async with self._client(max_retries=0) as client:
             jobs = (self._complete_one(client, semaphore, request) for request in requests)
             return list(await asyncio.gather(*jobs))
+
+    async def _complete_batch(self, requests: list[ChatRequest]) -> list[Completion]:
+        """One batch; then what did not come back whole, synchronously (one retry each)."""
+        # The few batch-control calls use the client's own retries (its backoff honours
+        # Retry-After too); the per-request policy above is for the many chat calls.
+        try:
+            async with self._client(max_retries=self.settings.max_retries) as client:
+                results, created = await run_batch(client, self.settings, requests, self._journal)
+        except openai.APIError as exc:
+            # No batch API, a refused key, an endpoint down past the retries: every request
+            # fails with the reason, as a direct call would (a shard of them stops the run).
+            error = self._safe_error(f"batch: {describe_error(exc)}")
+            return [Completion(ok=False, error=error) for _ in requests]
+        retry = [i for i, result in enumerate(results) if isinstance(result, str)]
+        redone = await self._complete_all([requests[i] for i in retry]) if retry else []
+        with self._stats_lock:
+            self._stats.batches += created
+            for i in retry:
+                reason = results[i]
+                self._stats.batch_retried[reason] = self._stats.batch_retried.get(reason, 0) + 1
+        for completion in redone:
+            completion.retries += 1  # the batch was its first attempt
+        again = dict(zip(retry, redone, strict=True))
+        return [again[i] if isinstance(r, str) else r for i, r in enumerate(results)]
 
     async def _complete_one(
         self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, request: ChatRequest

@@ -67,6 +67,11 @@ class BackendStats(BaseModel):
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     generate_seconds: float = 0.0
+    batches: int = Field(default=0, description="Batches submitted (openai batch mode).")
+    batch_retried: dict[str, int] = Field(
+        default_factory=dict,
+        description="Batch-mode requests retried one by one, by reason (openai_batch).",
+    )
 
     def add(self, completions: list[Completion], seconds: float) -> None:
         self.requests += len(completions)

@@ -65,6 +65,22 @@ class OpenAISettings(StrictModel):
         gt=0,
         description="Longest wait between retries, Retry-After included (seconds).",
     )
+    request_mode: Literal["sync", "batch"] = Field(
+        default="sync",
+        description="'sync': one HTTP call per request. 'batch': each batch of requests goes "
+        "out as a batch file through the endpoint's /files and /batches API (about half the "
+        "price on hosted APIs, results within `batch_completion_window`); batch ids are kept "
+        "in RUN_DIR/batches/ so a resumed run collects a running batch instead of paying again.",
+    )
+    batch_poll_interval_s: float = Field(
+        default=30.0, gt=0, description="Batch mode: seconds between two status checks of a batch."
+    )
+    batch_completion_window: str = Field(
+        default="24h",
+        min_length=1,
+        description="Batch mode: the `completion_window` asked of the provider; unfinished "
+        "requests expire after it and are retried one by one.",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -58,6 +58,7 @@ from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import Inputs, ShardSpec, Stage, StageContext, require_columns
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
+BATCH_JOURNAL = "batches"  # RUN_DIR/batches: batch ids of openai batch mode, for resume
 
 
 class ModelUnavailable(RuntimeError):
@@ -90,6 +91,7 @@ class CallTally:
         self.calls = 0
         self.failed = 0
         self.first_error = ""
+        self.stats_before = self.backend.stats()
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         completions = self.backend.complete(requests)
@@ -101,6 +103,15 @@ class CallTally:
 
     def stats(self) -> BackendStats:
         return self.backend.stats()
+
+    def batch_counters(self) -> dict[str, int]:
+        """The shard's batches and batch retries by reason (openai batch mode), nonzero only."""
+        before, after = self.stats_before, self.backend.stats()
+        counters = {"batches": after.batches - before.batches} | {
+            f"batch_retried_{reason}": n - before.batch_retried.get(reason, 0)
+            for reason, n in after.batch_retried.items()
+        }
+        return {name: n for name, n in counters.items() if n}
 
     def check(self, spec: ShardSpec) -> None:
         if self.calls and self.failed == self.calls:
@@ -134,7 +145,7 @@ def execute_shard(spec: ShardSpec, ctx: StageContext, tally: CallTally | None = 
         tally.check(spec)
     table = to_table(output.records, stage.record_type)
     entry = write_shard(run_dir / stage.name, spec.name, table)
-    entry.counters = dict(output.counters)
+    entry.counters = dict(output.counters) | (tally.batch_counters() if tally else {})
     entry.start, entry.stop, entry.inputs = spec.start, spec.stop, digests
     return entry
 
@@ -143,7 +154,7 @@ class ShardWorker:
     """A Ray actor holding one engine replica; runs the shards of every LLM stage."""
 
     def __init__(self, config: JobConfig) -> None:
-        self.tally = CallTally(make_backend(config.model))
+        self.tally = CallTally(make_backend(config.model, config.run_dir / BATCH_JOURNAL))
         self.ctx = StageContext(config=config, backend=self.tally)
 
     def run_shard(self, spec: ShardSpec) -> ShardEntry:

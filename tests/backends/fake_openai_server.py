@@ -4,6 +4,12 @@ It answers `POST /v1/chat/completions` with a deterministic text (a hash of the 
 when asked, first-token logprobs in the OpenAI format; a seeded fault script makes some calls
 fail the ways real servers do. Counters say what happened, so tests can compare the client's
 retries with the faults injected.
+
+It also plays the batch API: `POST /v1/files` (multipart upload), `POST /v1/batches`,
+`GET /v1/batches/{id}` and `GET /v1/files/{id}/content`. A batch answers `in_progress` for
+`BatchScript.polls_in_progress` status checks (or while a test holds batches), then runs its
+lines like chat calls, with scripted item errors, malformed answers and expiry, and writes
+its output lines in a shuffled order.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -52,6 +60,17 @@ class FaultScript:
 
 
 @dataclass
+class BatchScript:
+    """How scripted batches end; indices are lines of a batch's input file."""
+
+    errors: frozenset[int] = frozenset()  # go to the error file as HTTP 500
+    malformed: frozenset[int] = frozenset()  # answer 200 with no choices
+    expire_after: int | None = None  # only the first n lines run; the batch ends 'expired'
+    polls_in_progress: int = 1
+    shuffle_seed: int = 0
+
+
+@dataclass
 class ServerCounters:
     calls: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -60,6 +79,10 @@ class ServerCounters:
     call_times: list[float] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: set[str] = field(default_factory=set)
+    uploads: int = 0
+    # sha256 of each batch's input file, once per POST /v1/batches: a repeat is a batch paid twice
+    batch_creates: list[str] = field(default_factory=list)
+    batch_polls: int = 0
 
     @property
     def total_faults(self) -> int:
@@ -92,8 +115,16 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         reply: Callable[[dict[str, Any]], str] = expected_text,
         finish_reason: Callable[[dict[str, Any]], str] = lambda _: "stop",
+        batch_script: BatchScript | None = None,
     ) -> None:
         self.script = script or FaultScript()
+        self.batch_script = batch_script or BatchScript()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._polls: Counter[str] = Counter()
+        # While set, every batch answers in_progress: a test holds a job between submit and
+        # collect, then releases it.
+        self.hold_batches = threading.Event()
         self.model = model
         self.reply = reply
         self.finish_reason = finish_reason
@@ -144,6 +175,85 @@ class FakeOpenAIServer:
     def sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
+    def add_file(self, content: bytes, purpose: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-{len(self.files)}"
+            self.files[file_id] = content
+            self.counters.uploads += purpose == "batch"
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": 0,
+            "filename": f"{file_id}.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    def create_batch(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            content = self.files.get(request.get("input_file_id", ""))
+            if content is None:
+                return None
+            self.counters.batch_creates.append(hashlib.sha256(content).hexdigest())
+            batch_id = f"batch-{len(self.batches)}"
+            lines = content.decode().splitlines()
+            self.batches[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": request["endpoint"],
+                "input_file_id": request["input_file_id"],
+                "completion_window": request["completion_window"],
+                "created_at": 0,
+                "status": "validating",
+                "request_counts": {"completed": 0, "failed": 0, "total": len(lines)},
+                "metadata": request.get("metadata"),
+            }
+            return dict(self.batches[batch_id])
+
+    def poll_batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return None
+            self.counters.batch_polls += 1
+            if batch["status"] in ("validating", "in_progress"):
+                self._polls[batch_id] += 1
+                held = self.hold_batches.is_set()
+                if held or self._polls[batch_id] <= self.batch_script.polls_in_progress:
+                    batch["status"] = "in_progress"
+                else:
+                    self._finish(batch)
+            return dict(batch)
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        script = self.batch_script
+        lines = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines()]
+        ran = lines if script.expire_after is None else lines[: script.expire_after]
+        outputs, errors = [], []
+        for index, line in enumerate(ran):
+            body, status = line["body"], 200
+            if index in script.errors:
+                status, answer = 500, {"error": {"message": "scripted batch item error"}}
+            else:
+                fault: Fault | None = "empty" if index in script.malformed else None
+                answer = _completion(body, self, self.reply(body), fault)
+            result = {
+                "id": f"{batch['id']}-{index}",
+                "custom_id": line["custom_id"],
+                "response": {"status_code": status, "request_id": f"req-{index}", "body": answer},
+                "error": None,
+            }
+            (outputs if status == 200 else errors).append(json.dumps(result))
+        random.Random(script.shuffle_seed).shuffle(outputs)
+        for key, found in (("output_file_id", outputs), ("error_file_id", errors)):
+            if found:
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = "".join(line + "\n" for line in found).encode()
+                batch[key] = file_id
+        batch["status"] = "completed" if script.expire_after is None else "expired"
+        batch["request_counts"] |= {"completed": len(outputs), "failed": len(errors)}
+
     def _pick_fault(self, index: int) -> Fault | None:
         if self.script.always is not None:
             return self.script.always
@@ -162,17 +272,36 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             pass  # keep pytest output clean
 
         def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/v1/models":
-                self._send_json(404, {"error": {"message": "not found"}})
-                return
-            self._send_json(200, {"object": "list", "data": [{"id": server.model}]})
+            path = self.path.rstrip("/")
+            if path == "/v1/models":
+                self._send_json(200, {"object": "list", "data": [{"id": server.model}]})
+            elif path.startswith("/v1/batches/"):
+                batch = server.poll_batch(path.removeprefix("/v1/batches/"))
+                self._send_json(*((200, batch) if batch else NOT_FOUND))
+            elif path.startswith("/v1/files/") and path.endswith("/content"):
+                content = server.files.get(path.split("/")[3])
+                if content is None:
+                    self._send_json(*NOT_FOUND)
+                else:
+                    self._send_raw(200, content)
+            else:
+                self._send_json(*NOT_FOUND)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length))
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                self._send_json(404, {"error": {"message": "not found"}})
-                return
+            raw = self.rfile.read(length)
+            path = self.path.rstrip("/")
+            if path == "/v1/files":
+                self._send_json(200, server.add_file(*_multipart_upload(self.headers, raw)))
+            elif path == "/v1/batches":
+                batch = server.create_batch(json.loads(raw))
+                self._send_json(*((200, batch) if batch else NOT_FOUND))
+            elif path == "/v1/chat/completions":
+                self._chat(json.loads(raw))
+            else:
+                self._send_json(*NOT_FOUND)
+
+        def _chat(self, body: dict[str, Any]) -> None:
             fault = server.begin_call(body, self.headers.get("Authorization", ""))
             try:
                 server.sleep(server.script.latency_s)
@@ -220,6 +349,20 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(raw)
 
     return Handler
+
+
+NOT_FOUND = (404, {"error": {"message": "not found"}})
+
+
+def _multipart_upload(headers: Any, raw: bytes) -> tuple[bytes, str]:
+    """(file content, purpose) of a multipart/form-data upload."""
+    head = f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + raw)
+    parts = {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+    return parts["file"], parts["purpose"].decode()
 
 
 def _completion(

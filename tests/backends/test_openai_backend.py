@@ -10,15 +10,17 @@ import time
 import pytest
 
 from fspo_data.backends.openai_backend import (
-    MalformedCompletion,
     OpenAIBackend,
     OpenAISettings,
     TokenBucket,
     estimate_tokens,
-    first_token_logprobs,
-    parse_completion,
     safe_error,
     scrub,
+)
+from fspo_data.backends.openai_wire import (
+    MalformedCompletion,
+    first_token_logprobs,
+    parse_completion,
 )
 from fspo_data.core.chat import ChatMessage, ChatRequest, LLMBackend
 

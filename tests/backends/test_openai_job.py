@@ -2,19 +2,32 @@
 
 The same job config as the model-free pipeline tests, switched to `backend: openai` and
 nothing else: with 20% of calls failing, every record is still written and the retries
-show in the run summary.
+show in the run summary. In batch mode, a job killed between submit and collect resumes
+without submitting a batch twice.
 """
 
 from __future__ import annotations
+
+import time
 
 import pyarrow.parquet as pq
 import pytest
 import ray
 
 from fspo_data.core.config import JobConfig, load_config
+from fspo_data.core.shards import load_manifest
 from fspo_data.pipeline.orchestrator import run_job
+from fspo_data.stages import STAGES
 from tests.backends.fake_openai_server import FakeOpenAIServer, FaultScript
 from tests.conftest import TESTS_DIR
+from tests.reliability.conftest import (
+    assert_run_is_whole,
+    kill_session,
+    openai_config,
+    run_cli,
+    start_job,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 FAULTS = ("429", "500", "truncated", "empty")
@@ -55,3 +68,41 @@ def test_job_completes_with_every_record_despite_20_percent_faults(tmp_path, mon
     for stage in stages.values():
         for path in (tmp_path / stage.stage).glob("*.parquet"):
             pq.read_table(path)
+
+
+def test_batch_job_killed_between_submit_and_collect_resumes_without_paying_twice(tmp_path):
+    """SIGKILL while the first batch runs (held in_progress by the server), then resume: the
+    journal leads the resumed driver to that batch, so no batch file is submitted twice."""
+    with FakeOpenAIServer() as server:
+        config = openai_config(
+            tmp_path / "run", server.base_url, request_mode="batch", batch_poll_interval_s=0.05
+        )
+        config_path = write_config(tmp_path / "job.yaml", config)
+        server.hold_batches.set()
+        job = start_job(["run", str(config_path), "--quiet"])
+        try:
+            # A status check after the submit: the batch id is journaled (written before polling).
+            while not (server.counters.batch_creates and server.counters.batch_polls):
+                assert job.poll() is None, job.communicate()[1]
+                time.sleep(0.05)
+        finally:
+            kill_session(job)
+        killed_during = list(server.counters.batch_creates)
+        server.hold_batches.clear()
+        code, err = run_cli("run", str(config_path), "--quiet")
+        creates, synchronous = server.counters.batch_creates, server.counters.calls
+
+    assert code == 0, err
+    assert killed_during == creates[:1]
+    assert len(creates) == len(set(creates)) > 1  # each batch file submitted once
+    assert synchronous == 0
+    assert_run_is_whole(config.run_dir, config)
+    journals = list((config.run_dir / "batches").glob("*.json"))
+    assert len(journals) == len(creates)
+    # The resumed run found its first batch in the journal: every other one it submitted.
+    counted = sum(
+        entry.counters.get("batches", 0)
+        for stage in STAGES
+        for entry in load_manifest(config.run_dir / stage.name).shards.values()
+    )
+    assert counted == len(creates) - 1

@@ -23,7 +23,7 @@ import ray
 from pydantic import BaseModel
 
 from fspo_data import judging
-from fspo_data.backends.openai_backend import parse_completion
+from fspo_data.backends.openai_wire import parse_completion
 from fspo_data.core import fspo_format
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
