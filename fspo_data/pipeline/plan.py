@@ -1,4 +1,5 @@
-"""`fspo-data plan CONFIG`: LLM calls and tokens per stage, and GPU-hours, before anything runs.
+"""`fspo-data plan CONFIG`: LLM calls and tokens per stage, GPU-hours and dollars (at the
+config's `model.prices`, pipeline/cost.py), before anything runs.
 
 Each stage sizes its own work (`Stage.estimate`); this module runs them in order per domain,
 adds them up and prints them. Calls are counted from the config exactly, with two upper
@@ -221,7 +222,8 @@ def add_plan_command(commands: argparse._SubParsersAction) -> None:
     """Register `plan` on the CLI's subcommands."""
     plan = commands.add_parser(
         "plan",
-        help="print LLM calls, tokens and GPU-hours per stage for a config, before running it",
+        help="print LLM calls, tokens, GPU-hours and dollars per stage for a config, before "
+        "running it",
         description="Count the model calls and estimate the tokens of every stage of CONFIG, "
         "and the GPU-hours they take at the given per-GPU rates. Nothing runs.",
     )

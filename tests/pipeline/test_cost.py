@@ -12,6 +12,7 @@ from fspo_data.core.model_config import Prices
 from fspo_data.core.shards import Manifest, ShardEntry, save_manifest
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import counter_dollars, run_dollars, usd
+from fspo_data.pipeline.dataset_card import _summary as dataset_card_summary
 from fspo_data.pipeline.plan import add_plan_command, render, stage_dollars, stage_loads
 from fspo_data.pipeline.resume import shard_recipe
 from fspo_data.pipeline.summary import RunSummary, StageSummary
@@ -184,3 +185,13 @@ def test_a_budget_without_prices_is_a_one_line_config_error(tmp_path):
     path.write_text("run_dir: r\nbudget_usd: 3\n")
     with pytest.raises(ConfigError, match="budget_usd needs model.prices"):
         load_yaml_model(path, JobConfig)
+
+
+def test_the_dataset_card_shows_dollars_per_stage_and_in_total():
+    judge = StageSummary(stage="judge", shards_planned=1, shards_committed=1, shards_run_now=1,
+                         rows=1, wall_seconds=1.0, dollars=0.25)  # fmt: skip
+    summary = RunSummary(run_dir="r", config_fingerprint="f", wall_seconds=1.0, stages=[judge],
+                         dollars=run_dollars([0.25], 100))  # fmt: skip
+    card = dataset_card_summary(summary.model_dump(mode="json"), None)
+    assert "| judge | 0 | 0 | 0 | 0 | 1.0 | $0.25 |" in card
+    assert "Cost at the config's prices: $0.25, $0.0025 per kept label." in card
