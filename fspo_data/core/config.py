@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from fspo_data.core.checks_config import ChecksConfig
@@ -309,6 +310,15 @@ class JobConfig(StrictModel):
         description="Thresholds of the verdict lines that end the run summary and open the report.",
     )
 
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most dollars the run may spend at `model.prices`, counted over every "
+        "committed shard (earlier attempts included): the run stops in one line (exit 1) before "
+        "a shard that would cross it, keeping what is committed; raise it and run again to go "
+        "on. Empty: no cap. Needs a price.",
+    )
+
     @field_validator("run_dir", "domains_dir", mode="before")
     @classmethod
     def _path_given(cls, value: object) -> object:
@@ -326,6 +336,12 @@ class JobConfig(StrictModel):
             raise ValueError("a domain is listed more than once")
         return value
 
+    @model_validator(mode="after")
+    def _budget_has_prices(self) -> JobConfig:
+        if self.budget_usd is not None and not self.model.prices.given:
+            raise ValueError("budget_usd needs model.prices (all prices are zero)")
+        return self
+
     def fingerprint(self) -> str:
         """Hash of everything that changes the records (not where or how fast they run).
 
@@ -334,9 +350,18 @@ class JobConfig(StrictModel):
         sampling (`personas.stratify`) deals traits over all users, so there the user count
         shapes every persona and stays in. An endpoint's address, key variable, limits and
         retry budget are where and how fast; `max_malformed_retries` moves seeds, so it stays.
+        Prices (`model.prices`, left out by `identity`) and `budget_usd` say what the records
+        cost, not what they are.
         """
         payload = self.model_dump(
-            mode="json", exclude={"run_dir": True, "ray": True, "report": True, "checks": True}
+            mode="json",
+            exclude={
+                "run_dir": True,
+                "ray": True,
+                "report": True,
+                "checks": True,
+                "budget_usd": True,
+            },
         )
         payload["model"] = self.model.identity()
         if not self.personas.stratify:

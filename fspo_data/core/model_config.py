@@ -102,6 +102,42 @@ class OpenAISettings(StrictModel):
         return value
 
 
+class Prices(StrictModel):
+    """What the model's work costs, for the dollar figures (`pipeline.cost`) and `budget_usd`.
+
+    Token prices price the counted tokens of every call (an endpoint's bill); the hourly rate
+    prices engine time (a GPU or CPU replica's bill). Both may be given and are added. Not in
+    `ModelConfig.identity`: a price changes no record, so changing one recomputes nothing.
+    """
+
+    input_per_million: float = Field(
+        default=0.0, ge=0, description="Dollars per million prompt tokens not served from cache."
+    )
+    cached_input_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="Dollars per million prompt tokens served from the prefix cache (the "
+        "provider's cached-input price); empty means the same as input_per_million.",
+    )
+    output_per_million: float = Field(
+        default=0.0, ge=0, description="Dollars per million generated tokens."
+    )
+    per_replica_hour: float = Field(
+        default=0.0,
+        ge=0,
+        description="Dollars per hour of one engine replica (all its tensor_parallel_size GPUs, "
+        "or its cpus_per_replica CPUs), charged on engine time: the `engine_ms` counters, the "
+        "time shards spent inside the backend, summed over shards (a replica runs one shard at "
+        "a time). Engine start-up and idle time are not in it, so it is a lower bound of what "
+        "holding the machines costs.",
+    )
+
+    @property
+    def given(self) -> bool:
+        """Any price set; with none, money figures are left out ('-' and null), never zero."""
+        return any(v for v in self.model_dump().values())
+
+
 class ModelConfig(StrictModel):
     backend: Literal["vllm", "openai", "instant-benchmark-double"] = Field(
         default="vllm",
@@ -132,6 +168,11 @@ class ModelConfig(StrictModel):
     )
     enable_prefix_caching: bool = Field(
         default=True, description="Reuse the KV cache of shared prompt prefixes (the persona)."
+    )
+    prices: Prices = Field(
+        default=Prices(),
+        description="Prices of the model's work, for dollar figures and `budget_usd`; all "
+        "zero means none are shown. Never changes a record.",
     )
     simulate_truncation: bool = Field(
         default=False,

@@ -20,6 +20,7 @@ from fspo_data.core.fspo_format import format_completion, format_prompt, format_
 from fspo_data.core.records import Shot
 from fspo_data.core.shards import Manifest, load_manifest
 from fspo_data.domains import load_domain
+from fspo_data.pipeline.cost import RunDollars, usd
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.summary import StageSummary
 from fspo_data.pipeline.verdicts import Check
@@ -223,15 +224,18 @@ def _summary(summary: Mapping[str, Any] | None, config: JobConfig | None) -> str
     if summary is None:
         return "not computed"
     lines = [
-        "| stage | prompt tokens | completion tokens | dropped | retries | wall s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| stage | prompt tokens | completion tokens | dropped | retries | wall s | dollars |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for stage in (StageSummary.model_validate(s) for s in summary["stages"]):
         c = stage.counters
         lines.append(
             f"| {stage.stage} | {c.get('prompt_tokens', 0)} | {c.get('completion_tokens', 0)} "
-            f"| {stage.dropped} | {c.get('retries', 0)} | {stage.wall_seconds:.1f} |"
+            f"| {stage.dropped} | {c.get('retries', 0)} | {stage.wall_seconds:.1f} "
+            f"| {usd(stage.dollars)} |"
         )
+    if summary.get("dollars") is not None:
+        lines += ["", RunDollars.model_validate(summary["dollars"]).describe() + "."]
     lines += [
         "",
         "Label consistency per domain (every pair judged in both orders):",

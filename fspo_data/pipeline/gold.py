@@ -19,7 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fspo_data.core.config import JobConfig
-from fspo_data.core.shards import ShardEntry, committed_entries
+from fspo_data.core.shards import Manifest, ShardEntry, committed_entries
+from fspo_data.stages.base import Stage
 
 Z_95 = 1.959964
 GOLD_STAGE = "gold"
@@ -116,3 +117,16 @@ def gate_failure(
                 "stages.judge.gold_pairs_per_user or counts.users (or lower min_pairs)"
             )
     return None
+
+
+class GateGuard:
+    """`orchestrator.Guard` of the gate: asked before each gold shard is dispatched, and once
+    the gold stage is whole (`in_flight` None); no other stage is held to it."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+
+    def __call__(self, stage: Stage, manifest: Manifest, in_flight: int | None) -> str | None:
+        if stage.name != GOLD_STAGE:
+            return None
+        return gate_failure(self.config, manifest.shards, stage_done=in_flight is None)

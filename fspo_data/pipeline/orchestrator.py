@@ -17,6 +17,8 @@ prompts, model) changed, or if a group of upstream shards it read now has anothe
 
 A shard whose every model call failed is not committed: that says the engine or endpoint is
 down, not that the rows are bad. The run stops with `RunStopped`, keeping what is committed.
+So it does when a guard (`Guard`, e.g. the budget cap of pipeline/budget.py) says so before a
+shard is dispatched: LLM shards go out a few per replica at a time for this.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from tqdm import tqdm
@@ -44,7 +48,9 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
-from fspo_data.pipeline.gold import GOLD_STAGE, gate_failure, summarize_gold
+from fspo_data.pipeline.budget import BudgetGuard
+from fspo_data.pipeline.cost import run_dollars
+from fspo_data.pipeline.gold import GateGuard, summarize_gold
 from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
 from fspo_data.pipeline.summary import (
     RunSummary,
@@ -67,12 +73,6 @@ class ModelUnavailable(RuntimeError):
 
 class RunStopped(RuntimeError):
     """The run cannot go on (model down, output not writable); committed shards are kept."""
-
-
-# Checks of a stage's committed shards that can stop the run, by stage: called after each
-# commit (`stage_done` False) and once the stage is whole; a message stops the run.
-StageCheck = Callable[[JobConfig, Mapping[str, ShardEntry], bool], str | None]
-STAGE_CHECKS: dict[str, StageCheck] = {GOLD_STAGE: gate_failure}
 
 
 # Raised inside a worker, they stop the run with their one-line message, not a traceback.
@@ -225,14 +225,31 @@ def shard_result(ref: ray.ObjectRef) -> ShardEntry:
         raise
 
 
-def check_stage(config: JobConfig, stage: Stage, manifest: Manifest, stage_done: bool) -> None:
-    check = STAGE_CHECKS.get(stage.name)
-    message = check(config, manifest.shards, stage_done) if check else None
-    if message:
-        raise RunStopped(message)
+# Shards an engine replica holds at once: one computing, one queued behind it so the engine
+# never waits on the driver; few enough that a guard stops the run close to where it says.
+SHARDS_IN_FLIGHT_PER_REPLICA = 2
+
+# A check before each shard is dispatched: (stage, its manifest with every shard committed so
+# far, how many of its shards are in flight) -> a one-line reason to stop, or None; asked once
+# more when the stage is whole, with None in flight. Checks are run in order, once per
+# dispatch, so they should be cheap (cache what does not change within a stage). On a reason,
+# nothing more is dispatched; the shards in flight finish and are committed, then the run
+# stops with `RunStopped(reason)`. The budget cap (pipeline/budget.py) and the gold gate
+# (pipeline/gold.py) are two.
+Guard = Callable[[Stage, Manifest, int | None], str | None]
 
 
-def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool) -> StageSummary:
+def run_stage(
+    config: JobConfig,
+    stage: Stage,
+    pool: WorkerPool,
+    progress: bool,
+    guards: Sequence[Guard] = (),
+) -> StageSummary:
+    """Compute the stage's shards not yet committed, committing each as it finishes. LLM
+    shards go out `SHARDS_IN_FLIGHT_PER_REPLICA` per replica at a time (a finished shard's
+    replica gets the next), CPU shards all at once (Ray queues them); `guards` are asked
+    before each."""
     started = time.perf_counter()
     stage_dir = config.run_dir / stage.name
     manifest, notes = open_manifest(config, stage)
@@ -242,21 +259,43 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     for line in recomputed if progress else []:
         tqdm.write(line)
     notes += recomputed
-    # Domains interleaved: every domain's first shards run first, so a stage check (the gold
-    # gate) can judge each domain before the stage has spent much on any.
-    todo = sorted(
-        (s for s in specs if s.name not in manifest.shards), key=lambda s: (s.index, s.domain)
+    # Domains interleaved: every domain's first shards go first, so a guard (the gold gate)
+    # can judge each domain before the stage has spent much on any.
+    todo = deque(
+        sorted(
+            (s for s in specs if s.name not in manifest.shards), key=lambda s: (s.index, s.domain)
+        )
     )
+    planned_now = len(todo)
     if stage.needs_llm:
         actors = pool.get() if todo else []
-        pending = [actors[i % len(actors)].run_shard.remote(s) for i, s in enumerate(todo)]
+        slots = [a for _ in range(SHARDS_IN_FLIGHT_PER_REPLICA) for a in actors]
+
+        def submit(spec: ShardSpec, actor: Any) -> ray.ObjectRef:
+            return actor.run_shard.remote(spec)
     else:
         pool.release()
-        pending = [run_cpu_shard.remote(config, s) for s in todo]
-    spec_of = dict(zip(pending, todo, strict=True))
+        slots = [None] * len(todo)
+
+        def submit(spec: ShardSpec, _: Any) -> ray.ObjectRef:
+            return run_cpu_shard.remote(config, spec)
+
+    pending: dict[ray.ObjectRef, tuple[ShardSpec, Any]] = {}
+    stop_reason: str | None = None
+
+    def dispatch(free: list[Any]) -> None:
+        nonlocal stop_reason
+        while free and todo and stop_reason is None:
+            stop_reason = next(
+                (r for guard in guards if (r := guard(stage, manifest, len(pending)))), None
+            )
+            if stop_reason is None:
+                spec, slot = todo.popleft(), free.pop(0)
+                pending[submit(spec, slot)] = (spec, slot)
+
     bar = tqdm(
         total=len(specs),
-        initial=len(specs) - len(todo),
+        initial=len(specs) - planned_now,
         desc=f"{stage.name:>9}",
         unit="shard",
         disable=not progress,
@@ -264,20 +303,24 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
     last_save = 0.0
     stopping = False
     try:
+        dispatch(slots)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            spec, entry = spec_of[done[0]], shard_result(done[0])
+            done, _ = ray.wait(list(pending), num_returns=1)
+            (spec, slot), entry = pending.pop(done[0]), shard_result(done[0])
             entry.recipe = recipes[spec.domain]
             manifest.shards[spec.name] = entry
             bar.update(1)
             bar.set_postfix(rows=manifest.rows)
-            check_stage(config, stage, manifest, stage_done=False)
             if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:
                 save_manifest(stage_dir, manifest)
                 last_save = time.perf_counter()
+            dispatch([slot])
         # A worker lost mid-write (its node died) leaves a temp file; its shard was retried.
         remove_temp_files(stage_dir)
-        check_stage(config, stage, manifest, stage_done=True)
+        if stop_reason is None:
+            stop_reason = next((r for guard in guards if (r := guard(stage, manifest, None))), None)
+        if stop_reason is not None:
+            raise RunStopped(stop_reason)
     except BaseException:
         stopping = True
         for ref in pending:
@@ -293,7 +336,13 @@ def run_stage(config: JobConfig, stage: Stage, pool: WorkerPool, progress: bool)
             if not stopping:
                 raise
     return StageSummary.from_manifest(
-        stage.name, manifest, len(specs), len(todo), time.perf_counter() - started, notes
+        stage.name,
+        manifest,
+        len(specs),
+        planned_now,
+        time.perf_counter() - started,
+        notes,
+        config.model.prices,
     )
 
 
@@ -306,7 +355,8 @@ def run_job(
 ) -> RunSummary:
     """Run (or resume) every stage. Raises `ConfigError` (naming `source`, the config file)
     or `RunConfigMismatch` before anything is written, and `RunStopped` when the model is
-    down or the run folder cannot be written."""
+    down, the run folder cannot be written, the next shard would cross `budget_usd` or the
+    judge fails the gold gate (`stages.judge.gate`)."""
     started = time.perf_counter()
     validate_job(config, source)
     init_ray(config)
@@ -314,19 +364,25 @@ def run_job(
     try:
         prepare_run_dir(config, force_new_config)
         pool = WorkerPool(config)
+        guards: list[Guard] = [GateGuard(config)]
+        if config.budget_usd is not None:
+            guards.append(BudgetGuard(config))
         stages = []
         try:
             for stage in STAGES:
-                stages.append(run_stage(config, stage, pool, progress))
+                stages.append(run_stage(config, stage, pool, progress, guards))
         finally:
             pool.release()
+        consistency = summarize_judgments(config.run_dir, config.stages.judge)
+        overall = consistency.get("overall")
         summary = RunSummary(
             run_dir=str(config.run_dir),
             config_fingerprint=config.fingerprint(),
             wall_seconds=time.perf_counter() - started,
             stages=stages,
-            consistency=summarize_judgments(config.run_dir, config.stages.judge),
+            consistency=consistency,
             gold=summarize_gold(config.run_dir),
+            dollars=run_dollars((s.dollars for s in stages), overall.pairs_kept if overall else 0),
         )
         summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
         write_summary(config.run_dir, summary)

@@ -1,4 +1,5 @@
-"""`fspo-data plan CONFIG`: LLM calls and tokens per stage, and GPU-hours, before anything runs.
+"""`fspo-data plan CONFIG`: LLM calls and tokens per stage, GPU-hours and dollars (at the
+config's `model.prices`, pipeline/cost.py), before anything runs.
 
 Each stage sizes its own work (`Stage.estimate`); this module runs them in order per domain,
 adds them up and prints them. Calls are counted from the config exactly, with two upper
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fspo_data.core.config import JobConfig
+from fspo_data.pipeline.cost import load_dollars, usd
 from fspo_data.pipeline.validate import load_job
 
 # The CLI imports this module to register `plan` on every start, so the stage modules (and
@@ -51,19 +53,21 @@ class DomainCounts:
 
 def domain_plan(
     config: JobConfig, name: str, chars_per_token: float = CHARS_PER_TOKEN
-) -> tuple[list[StageLoad], DomainCounts]:
-    """Each stage's `estimate` in run order over one domain, and the counts they settled."""
+) -> tuple[dict[str, list[StageLoad]], DomainCounts]:
+    """Each stage's `estimate` in run order over one domain, by the stage that runs it (a stage
+    may size several kinds of work: responses sizes 'views' and 'responses'), and the counts
+    they settled."""
     from fspo_data.domains import load_domain
     from fspo_data.stages import STAGES
     from fspo_data.stages.base import Estimate
 
     domain, est = load_domain(name, config.domains_dir), Estimate(chars_per_token)
-    loads = [
-        load
+    # In run order: each estimate reads the stand-ins and counts the ones before it left.
+    loads = {
+        stage.name: stage.estimate(config, domain, est)
         for stage in STAGES
         if stage.estimate is not None and stage.enabled(config)
-        for load in stage.estimate(config, domain, est)
-    ]
+    }
     counts = DomainCounts(
         config.counts.users,
         config.counts.questions,
@@ -78,14 +82,42 @@ def domain_counts(config: JobConfig, name: str) -> DomainCounts:
     return domain_plan(config, name)[1]
 
 
+def stage_loads(
+    config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN
+) -> dict[str, list[StageLoad]]:
+    """Each LLM stage's StageLoads, one per kind of work, summed over the job's domains."""
+    totals: dict[str, dict[str, StageLoad]] = {}
+    for domain in config.domains:
+        for stage, loads in domain_plan(config, domain, chars_per_token)[0].items():
+            kinds = totals.setdefault(stage, {})
+            for load in loads:
+                kinds[load.stage] = kinds[load.stage] + load if load.stage in kinds else load
+    return {stage: list(kinds.values()) for stage, kinds in totals.items()}
+
+
 def job_loads(config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN) -> list[StageLoad]:
     """One StageLoad per kind of model work (personas, questions, views, responses, judge),
     summed over the job's domains."""
-    totals: dict[str, StageLoad] = {}
-    for domain in config.domains:
-        for load in domain_plan(config, domain, chars_per_token)[0]:
-            totals[load.stage] = totals[load.stage] + load if load.stage in totals else load
-    return list(totals.values())
+    return [load for loads in stage_loads(config, chars_per_token).values() for load in loads]
+
+
+def stage_dollars(
+    config: JobConfig,
+    prompt_per_s: float = DEFAULT_PROMPT_TOKENS_PER_S,
+    gen_per_s: float = DEFAULT_GEN_TOKENS_PER_S,
+    chars_per_token: float = CHARS_PER_TOKEN,
+) -> dict[str, float]:
+    """Estimated dollars of each LLM stage at the config's prices ({} without prices); an
+    hourly rate is charged on the stage's GPU-hours at the given per-GPU rates."""
+    if not config.model.prices.given:
+        return {}
+    return {
+        stage: sum(
+            load_dollars(config.model, s, s.gpu_hours(prompt_per_s, gen_per_s)) or 0.0
+            for s in loads
+        )
+        for stage, loads in stage_loads(config, chars_per_token).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -128,7 +160,8 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
     loads = job_loads(config, args.chars_per_token)
     rates = (args.prompt_tokens_per_s, args.gen_tokens_per_s)
     stages = Table(title=f"LLM work per stage ({', '.join(config.domains)})")
-    for column in ("stage", "calls", "prompt tok", "of which cached", "cached", "gen tok", "GPU-h"):
+    columns = ("stage", "calls", "prompt tok", "of which cached", "cached", "gen tok", "GPU-h", "$")
+    for column in columns:
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for s in loads:
         stages.add_row(
@@ -139,6 +172,7 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
             f"{s.cached_prompt_tokens / s.prompt_tokens:.0%}" if s.prompt_tokens else "-",
             f"{s.generated_tokens:,}",
             f"{s.gpu_hours(*rates):,.2f}",
+            usd(load_dollars(config.model, s, s.gpu_hours(*rates))),
         )
     console.print(stages)
     size = sizing(config, loads, *rates)
@@ -146,6 +180,9 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
     table.add_column("figure")
     table.add_column("value", justify="right")
     gpus = config.model.replicas * config.model.tensor_parallel_size
+    dollars = stage_dollars(config, *rates, args.chars_per_token)
+    total = sum(dollars.values()) if dollars else None
+    per_pair = usd(total / size.judged_pairs) if total is not None else "-"
     for label, value in (
         ("personas (users)", f"{size.personas:,}"),
         ("questions", f"{size.questions:,}"),
@@ -160,6 +197,7 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
             f"wall hours on {gpus} GPU(s) (replicas x tensor_parallel_size)",
             f"{size.wall_hours:,.1f}",
         ),
+        ("dollars at the config's prices (per judged pair)", f"{usd(total)} ({per_pair})"),
     ):
         table.add_row(label, value)
     console.print(table)
@@ -184,7 +222,8 @@ def add_plan_command(commands: argparse._SubParsersAction) -> None:
     """Register `plan` on the CLI's subcommands."""
     plan = commands.add_parser(
         "plan",
-        help="print LLM calls, tokens and GPU-hours per stage for a config, before running it",
+        help="print LLM calls, tokens, GPU-hours and dollars per stage for a config, before "
+        "running it",
         description="Count the model calls and estimate the tokens of every stage of CONFIG, "
         "and the GPU-hours they take at the given per-GPU rates. Nothing runs.",
     )

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fspo_data.core.config import JudgeConfig
+from fspo_data.core.model_config import Prices
 from fspo_data.core.shards import (
     Manifest,
     atomic_write_bytes,
@@ -21,6 +22,7 @@ from fspo_data.core.shards import (
     scan_committed,
 )
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
+from fspo_data.pipeline.cost import RunDollars, counter_dollars, usd
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.verdicts import RICH_STYLES, Check
 
@@ -35,6 +37,9 @@ class StageSummary(BaseModel):
     wall_seconds: float
     counters: dict[str, int] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    dollars: float | None = Field(
+        default=None, description="Its counters at `model.prices` (pipeline.cost); null: none."
+    )
 
     @classmethod
     def from_manifest(
@@ -45,6 +50,7 @@ class StageSummary(BaseModel):
         ran: int,
         seconds: float,
         notes: list[str],
+        prices: Prices,
     ) -> StageSummary:
         totals: Counter[str] = Counter()
         for entry in manifest.shards.values():
@@ -58,6 +64,7 @@ class StageSummary(BaseModel):
             wall_seconds=seconds,
             counters=dict(totals),
             notes=notes,
+            dollars=counter_dollars(prices, totals),
         )
 
     @property
@@ -106,6 +113,9 @@ class RunSummary(BaseModel):
         description="One line per check, in order (`pipeline.verdicts`); the summary ends with "
         "them, the report opens with them.",
     )
+    dollars: RunDollars | None = Field(
+        default=None, description="Total and per kept label at `model.prices`; null: none."
+    )
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
@@ -125,7 +135,7 @@ def summarize_judgments(run_dir: Path, settings: JudgeConfig) -> dict[str, Consi
 
 def render(summary: RunSummary, console: Console | None = None) -> None:
     # A pipe gets 80 columns by default, too narrow for the table in a CI log.
-    console = console or Console(width=max(Console().width, 132))
+    console = console or Console(width=max(Console().width, 144))
     table = Table(title=f"fspo-data run: {summary.run_dir}")
     for column in (
         "stage",
@@ -141,6 +151,7 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
         "engine s",
         "rows/s",
         "gen tok/s",
+        "$",
     ):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in summary.stages:
@@ -160,8 +171,11 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
             f"{s.engine_seconds:.1f}",
             f"{s.rows_per_second:.0f}" if s.rows_per_second else "-",
             f"{rate:.1f}" if rate else "-",
+            usd(s.dollars),
         )
     console.print(table)
+    if summary.dollars is not None:
+        console.print(summary.dollars.describe())
     render_consistency(summary.consistency, console)
     render_gold(summary.gold, console)
     if summary.diversity:
