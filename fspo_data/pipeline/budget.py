@@ -3,8 +3,8 @@
 Spent is the dollars (`pipeline.cost`) of every committed shard of every stage, read from the
 manifests' counters, so a resumed run counts what its earlier attempts committed (work of
 shards never committed, e.g. those of a killed attempt, is not counted). The shards in
-flight and the next one are each estimated at the mean dollars of this stage's committed
-shards; before one is committed, at `fspo-data plan`'s estimate for the stage (tokens from
+flight and the next one are each estimated at the dollars of this stage's dearest committed
+shard; before one is committed, at `fspo-data plan`'s estimate for the stage (tokens from
 the config, hourly rates at plan's default per-GPU throughput, far off for CPU engines)
 divided by its planned shards; zero for a stage `plan` does not size (rationales) or that
 makes no model calls. If spent plus those would cross the cap, the run stops; raising
@@ -37,7 +37,9 @@ class BudgetGuard:
             return None
         done = [self._dollars(entry) for entry in manifest.shards.values()]
         spent = self._spent_elsewhere(stage.name) + sum(done)
-        shard = sum(done) / len(done) if done else self._planned_per_shard(stage)
+        # The dearest shard so far, not the mean: shards differ (a domain's texts are longer),
+        # and the cap is a promise, so the estimate errs high.
+        shard = max(done) if done else self._planned_per_shard(stage)
         if spent + (in_flight + 1) * shard <= self.cap:
             return None
         flying = f" (+ about {usd(in_flight * shard)} in flight)" if in_flight else ""

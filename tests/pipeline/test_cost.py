@@ -140,18 +140,18 @@ def manifest_of(stage: str, *costs_in_tokens: int) -> Manifest:
 
 
 def test_the_budget_guard_stops_before_a_shard_that_would_cross_the_cap(tmp_path):
-    # $1 per thousand generated tokens: personas committed $1.50, judge shards cost $0.30.
+    # $1 per thousand generated tokens: personas committed $1.50, judge shards $0.20 and $0.40.
     config = priced(small_config().model_copy(update={"run_dir": tmp_path}),
                     budget_usd=2.5, output_per_million=1000)  # fmt: skip
     save_manifest(tmp_path / "personas", manifest_of("personas", 1000, 500))
     guard, judge = BudgetGuard(config), STAGES_BY_NAME["judge"]
-    # $1.50 + $0.60 spent; the next at the mean, $0.30: $2.40 <= $2.50.
+    # $1.50 + $0.60 spent; the next at the dearest so far, $0.40: $2.50 <= $2.50.
     assert guard(judge, manifest_of("judge", 200, 400), in_flight=0) is None
-    # One more in flight: $2.10 + 2 x $0.30 > $2.50.
+    # One more in flight: $2.10 + 2 x $0.40 > $2.50.
     reason = guard(judge, manifest_of("judge", 200, 400), in_flight=1)
     assert reason == (
-        "budget: spent $2.10 of budget_usd 2.50 (+ about $0.30 in flight); the next judge shard "
-        "would cost about $0.30 — raise budget_usd to go on"
+        "budget: spent $2.10 of budget_usd 2.50 (+ about $0.40 in flight); the next judge shard "
+        "would cost about $0.40 — raise budget_usd to go on"
     )
 
 
