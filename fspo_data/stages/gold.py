@@ -36,11 +36,10 @@ from fspo_data.stages.base import (
     ShardSpec,
     Stage,
     StageContext,
-    StageInput,
     StageLoad,
     config_slice,
 )
-from fspo_data.stages.pairs import CandidatePair, ShardInputs, shard_inputs
+from fspo_data.stages.pairs import PAIR_INPUTS, CandidatePair, ShardInputs, shard_inputs
 
 # How a pair is judged; refinement and the flag/gate settings do not touch gold labels.
 JUDGING_SETTINGS = tuple(
@@ -168,11 +167,7 @@ STAGE = Stage(
     name="gold",
     record_type=GoldJudgment,
     needs_llm=True,
-    inputs=(
-        StageInput(stage="personas", align="shard"),
-        StageInput(stage="questions", align="domain"),
-        StageInput(stage="responses", align="domain"),
-    ),
+    inputs=PAIR_INPUTS,
     settings=config_slice("seed", "counts.pool_pairs", *JUDGING_SETTINGS),
     # The judge's templates (stages.judge.layout picks one) and the domain's gold rule, which
     # lives in domain.yaml and so in every shard's domain hash.

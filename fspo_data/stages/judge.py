@@ -44,12 +44,17 @@ from fspo_data.stages.base import (
     ShardSpec,
     Stage,
     StageContext,
-    StageInput,
     StageLoad,
     config_slice,
     gc_paused,
 )
-from fspo_data.stages.pairs import CandidatePair, ShardInputs, assign_pairs, shard_inputs
+from fspo_data.stages.pairs import (
+    PAIR_INPUTS,
+    CandidatePair,
+    ShardInputs,
+    assign_pairs,
+    shard_inputs,
+)
 
 
 @dataclass
@@ -321,11 +326,7 @@ STAGE = Stage(
     name="judge",
     record_type=Judgment,
     needs_llm=True,
-    inputs=(
-        StageInput(stage="personas", align="shard"),
-        StageInput(stage="questions", align="domain"),
-        StageInput(stage="responses", align="domain"),
-    ),
+    inputs=PAIR_INPUTS,
     settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
     # Both layouts' templates: `stages.judge.layout`, in its settings, picks the one rendered.
     prompts=lambda _: tuple(layout.template for layout in LAYOUTS.values()),

@@ -10,7 +10,15 @@ import numpy as np
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import Persona, Question, Response, derived_seed
-from fspo_data.stages.base import Inputs, ShardSpec, records_from_table
+from fspo_data.stages.base import Inputs, ShardSpec, StageInput, records_from_table
+
+# What a stage over a shard's users and its domain's pair pool reads: its users shard by shard,
+# every question and candidate of the domain.
+PAIR_INPUTS = (
+    StageInput(stage="personas", align="shard"),
+    StageInput(stage="questions", align="domain"),
+    StageInput(stage="responses", align="domain"),
+)
 
 
 @dataclass(frozen=True)
