@@ -51,7 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from fspo_data.backends.openai_batch import BatchJournal
     from fspo_data.core.shards import load_manifest
+    from fspo_data.pipeline.orchestrator import BATCH_JOURNAL
     from fspo_data.stages import STAGES, plan_shards
 
     config = load_job(args.run_dir / "config.yaml")
@@ -66,6 +68,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "done" if done == planned else ("not started" if done == 0 else "partial")
         table.add_row(stage.name, f"{done}/{planned}", str(rows), state)
     Console().print(table)
+    for line in BatchJournal(args.run_dir / BATCH_JOURNAL).in_flight():
+        print(line)
     return 0
 
 

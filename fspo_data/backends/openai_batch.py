@@ -21,6 +21,8 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
@@ -113,6 +115,26 @@ class BatchJournal:
             make_dir(path.parent)
             atomic_write_bytes(path, json.dumps(entry, sort_keys=True).encode())
 
+    def progress(self, digest: str) -> Callable[[str], None]:
+        """Records a batch's latest progress line, with when it was seen, in its journal."""
+
+        def record(line: str) -> None:
+            seen = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self.save(digest, self.load(digest) | {"progress": f"{line} (at {seen})"})
+
+        return record
+
+    def in_flight(self) -> list[str]:
+        """The latest progress line of every journaled batch that has not ended."""
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        entries = [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
+        return [
+            e.get("progress", f"openai batch {e.get('batch_id', '?')}: submitted")
+            for e in entries
+            if not any(f": {status}," in e.get("progress", "") for status in FINAL_STATUSES)
+        ]
+
     def _path(self, digest: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{digest}.json"
 
@@ -141,7 +163,7 @@ async def run_batch(
     if batch is None:
         batch = await _submit(client, settings, payload, digest, entry, journal)
         created = True
-    batch = await _wait(client, batch, settings.batch_poll_interval_s)
+    batch = await _wait(client, batch, settings.batch_poll_interval_s, journal.progress(digest))
     files = [
         (await client.files.content(file_id)).text
         for file_id in (batch.output_file_id, batch.error_file_id)
@@ -176,20 +198,24 @@ async def _submit(
 
 
 async def _wait(
-    client: openai.AsyncOpenAI, batch: openai.types.Batch, interval_s: float
+    client: openai.AsyncOpenAI,
+    batch: openai.types.Batch,
+    interval_s: float,
+    report: Callable[[str], None],
 ) -> openai.types.Batch:
-    """Poll until the batch ends, with a progress line at each look (hours are possible)."""
-    while batch.status not in FINAL_STATUSES:
+    """Poll until the batch ends, with a progress line at each look (hours are possible),
+    logged and handed to `report` (the journal, which `fspo-data status` reads: engine
+    workers' logs do not reach the driver)."""
+    while True:
         counts = batch.request_counts
-        logger.info(
-            "openai batch %s: %s, %d of %d requests done, %d failed",
-            batch.id,
-            batch.status,
-            counts.completed if counts else 0,
-            counts.total if counts else 0,
-            counts.failed if counts else 0,
+        line = (
+            f"openai batch {batch.id}: {batch.status}, {counts.completed if counts else 0} of "
+            f"{counts.total if counts else 0} requests done, {counts.failed if counts else 0} "
+            "failed"
         )
+        logger.info(line)
+        report(line)
+        if batch.status in FINAL_STATUSES:
+            return batch
         await asyncio.sleep(interval_s)
         batch = await client.batches.retrieve(batch.id)
-    logger.info("openai batch %s: %s", batch.id, batch.status)
-    return batch

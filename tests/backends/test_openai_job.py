@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from fspo_data import cli
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.shards import load_manifest
 from fspo_data.pipeline.orchestrator import run_job
@@ -70,7 +71,7 @@ def test_job_completes_with_every_record_despite_20_percent_faults(tmp_path, mon
             pq.read_table(path)
 
 
-def test_batch_job_killed_between_submit_and_collect_resumes_without_paying_twice(tmp_path):
+def test_batch_job_killed_between_submit_and_collect_resumes_without_paying_twice(tmp_path, capsys):
     """SIGKILL while the first batch runs (held in_progress by the server), then resume: the
     journal leads the resumed driver to that batch, so no batch file is submitted twice."""
     with FakeOpenAIServer() as server:
@@ -88,6 +89,10 @@ def test_batch_job_killed_between_submit_and_collect_resumes_without_paying_twic
         finally:
             kill_session(job)
         killed_during = list(server.counters.batch_creates)
+        # The batch's wait is not silent: `status` shows its last progress line.
+        assert cli.main(["status", str(config.run_dir)]) == 0
+        waiting = [line for line in capsys.readouterr().out.splitlines() if "openai batch" in line]
+        assert len(waiting) == 1 and "requests done" in waiting[0], waiting
         server.hold_batches.clear()
         code, err = run_cli("run", str(config_path), "--quiet")
         creates, synchronous = server.counters.batch_creates, server.counters.calls
