@@ -15,8 +15,12 @@ changed (growing `counts.users` re-cuts a partial last shard), if its recipe (co
 prompts, model) changed, or if a group of upstream shards it read now has another digest
 (pipeline/resume.py). Everything not committed is then computed.
 
-A shard whose every model call failed is not committed: that says the engine or endpoint is
-down, not that the rows are bad. The run stops with `RunStopped`, keeping what is committed.
+No record is lost to an outage: a model call that failed because the endpoint or engine
+was unavailable (after the backend's retries and its wait for the outage to end) stops the
+shard at once, uncommitted, and the run with `RunStopped`, keeping what is committed; the
+resumed run computes the shard whole. A shard whose every call failed otherwise (a refused
+key) is not committed either: that says the endpoint is unusable, not that the rows are bad.
+Only calls refused one by one or answered badly are dropped, counted by kind.
 So it does when a guard (`Guard`, e.g. the budget cap of pipeline/budget.py) says so before a
 shard is dispatched: LLM shards go out a few per replica at a time for this.
 """
@@ -68,7 +72,8 @@ BATCH_JOURNAL = "batches"  # RUN_DIR/batches: batch ids of openai batch mode, fo
 
 
 class ModelUnavailable(RuntimeError):
-    """Every model call of a shard failed, so the shard is not committed."""
+    """A model call of a shard failed for want of the endpoint, or every call failed, so the
+    shard is not committed."""
 
 
 class RunStopped(RuntimeError):
@@ -80,14 +85,17 @@ STOPPING_ERRORS = (ModelUnavailable, OutputWriteError)
 
 
 class CallTally:
-    """Wraps a worker's backend to count the current shard's model calls that failed for good."""
+    """Wraps a worker's backend to count the current shard's model calls that failed for good,
+    and to stop the shard at the first that failed because the endpoint was unavailable: a
+    record is never dropped for an outage."""
 
     def __init__(self, backend: LLMBackend) -> None:
         self.backend = backend
         self.model_name = backend.model_name
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, spec: ShardSpec | None = None) -> None:
+        self.shard = f"{spec.stage}/{spec.name}" if spec else "the shard"
         self.calls = 0
         self.failed = 0
         self.first_error = ""
@@ -96,6 +104,13 @@ class CallTally:
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         completions = self.backend.complete(requests)
         failed = [c for c in completions if not c.ok]
+        unavailable = [c for c in failed if c.failure == "unavailable"]
+        if unavailable:
+            raise ModelUnavailable(
+                f"the model or endpoint is unavailable: {len(unavailable)} of "
+                f"{len(completions)} model calls of {self.shard} failed "
+                f"({unavailable[0].error or 'no reason given'}); {self.shard} is not committed"
+            )
         self.calls += len(completions)
         self.failed += len(failed)
         self.first_error = self.first_error or (failed[0].error if failed else "")
@@ -104,20 +119,24 @@ class CallTally:
     def stats(self) -> BackendStats:
         return self.backend.stats()
 
-    def batch_counters(self) -> dict[str, int]:
-        """The shard's batches and batch retries by reason (openai batch mode), nonzero only."""
+    def backend_counters(self) -> dict[str, int]:
+        """The shard's requests asked again after an outage, batches and batch retries by
+        reason (openai batch mode), nonzero only."""
         before, after = self.stats_before, self.backend.stats()
-        counters = {"batches": after.batches - before.batches} | {
+        counters = {
+            "outage_retried": after.outage_retried - before.outage_retried,
+            "batches": after.batches - before.batches,
+        } | {
             f"batch_retried_{reason}": n - before.batch_retried.get(reason, 0)
             for reason, n in after.batch_retried.items()
         }
         return {name: n for name, n in counters.items() if n}
 
-    def check(self, spec: ShardSpec) -> None:
+    def check(self) -> None:
         if self.calls and self.failed == self.calls:
             raise ModelUnavailable(
                 f"the model or endpoint is unavailable: all {self.calls} model calls of "
-                f"{spec.stage}/{spec.name} failed ({self.first_error or 'no reason given'})"
+                f"{self.shard} failed ({self.first_error or 'no reason given'})"
             )
 
 
@@ -139,13 +158,15 @@ def execute_shard(spec: ShardSpec, ctx: StageContext, tally: CallTally | None = 
     """Read a shard's inputs, compute it, commit it; its manifest entry is the result."""
     stage = STAGES_BY_NAME[spec.stage]
     run_dir = ctx.config.run_dir
+    if tally is not None:
+        tally.reset(spec)
     inputs, digests = read_inputs(stage, spec, run_dir)
     output = stage.run(spec, inputs, ctx)
     if tally is not None:
-        tally.check(spec)
+        tally.check()
     table = to_table(output.records, stage.record_type)
     entry = write_shard(run_dir / stage.name, spec.name, table)
-    entry.counters = dict(output.counters) | (tally.batch_counters() if tally else {})
+    entry.counters = dict(output.counters) | (tally.backend_counters() if tally else {})
     entry.start, entry.stop, entry.inputs = spec.start, spec.stop, digests
     return entry
 
@@ -158,7 +179,6 @@ class ShardWorker:
         self.ctx = StageContext(config=config, backend=self.tally)
 
     def run_shard(self, spec: ShardSpec) -> ShardEntry:
-        self.tally.reset()
         return execute_shard(spec, self.ctx, self.tally)
 
 

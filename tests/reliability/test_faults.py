@@ -129,7 +129,7 @@ class RefusesOneUser:
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         self.refused = self.refused or requests[0].messages
         answers = self.inner.complete(requests)
-        refused = Completion(ok=False, error="http 400: bad request: refused")
+        refused = Completion(failure="refused", error="http 400: bad request: refused")
         return [
             refused if self.everyone or r.messages == self.refused else a
             for r, a in zip(requests, answers, strict=True)
