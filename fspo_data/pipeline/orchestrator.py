@@ -15,14 +15,13 @@ changed (growing `counts.users` re-cuts a partial last shard), if its recipe (co
 prompts, model) changed, or if a group of upstream shards it read now has another digest
 (pipeline/resume.py). Everything not committed is then computed.
 
-No record is lost to an outage: a model call that failed because the endpoint or engine
-was unavailable (after the backend's retries and its wait for the outage to end) stops the
-shard at once, uncommitted, and the run with `RunStopped`, keeping what is committed; the
-resumed run computes the shard whole. A shard whose every call failed otherwise (a refused
-key) is not committed either: that says the endpoint is unusable, not that the rows are bad.
-Only calls refused one by one or answered badly are dropped, counted by kind.
-So it does when a guard (`Guard`, e.g. the budget cap of pipeline/budget.py) says so before a
-shard is dispatched: LLM shards go out a few per replica at a time for this.
+A shard whose model calls the endpoint could not answer is not committed (`CallTally`,
+pipeline/tally.py: no record is lost to an outage); the run stops with `RunStopped`, keeping
+what is committed. So it does when a guard (`Guard`, e.g. the budget cap of
+pipeline/budget.py) says so before a shard is dispatched: LLM shards go out a few per replica
+at a time for this.
+
+One run at a time holds the run folder (pipeline/lock.py); a second is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import ray
 from tqdm import tqdm
 
 from fspo_data.backends import backend_env, make_backend
-from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBackend
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
@@ -55,6 +53,7 @@ from fspo_data.core.shards import (
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import run_dollars
 from fspo_data.pipeline.gold import GateGuard, summarize_gold
+from fspo_data.pipeline.lock import holding, run_lock
 from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
 from fspo_data.pipeline.summary import (
     RunSummary,
@@ -62,6 +61,7 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
+from fspo_data.pipeline.tally import CallTally, ModelUnavailable
 from fspo_data.pipeline.validate import validate_job, validate_placement
 from fspo_data.pipeline.verdicts import with_verdicts
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
@@ -71,73 +71,12 @@ MANIFEST_SAVE_INTERVAL_S = 1.0
 BATCH_JOURNAL = "batches"  # RUN_DIR/batches: batch ids of openai batch mode, for resume
 
 
-class ModelUnavailable(RuntimeError):
-    """A model call of a shard failed for want of the endpoint, or every call failed, so the
-    shard is not committed."""
-
-
 class RunStopped(RuntimeError):
     """The run cannot go on (model down, output not writable); committed shards are kept."""
 
 
 # Raised inside a worker, they stop the run with their one-line message, not a traceback.
 STOPPING_ERRORS = (ModelUnavailable, OutputWriteError)
-
-
-class CallTally:
-    """Wraps a worker's backend to count the current shard's model calls that failed for good,
-    and to stop the shard at the first that failed because the endpoint was unavailable: a
-    record is never dropped for an outage."""
-
-    def __init__(self, backend: LLMBackend) -> None:
-        self.backend = backend
-        self.model_name = backend.model_name
-        self.reset()
-
-    def reset(self, spec: ShardSpec | None = None) -> None:
-        self.shard = f"{spec.stage}/{spec.name}" if spec else "the shard"
-        self.calls = 0
-        self.failed = 0
-        self.first_error = ""
-        self.stats_before = self.backend.stats()
-
-    def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-        completions = self.backend.complete(requests)
-        failed = [c for c in completions if not c.ok]
-        unavailable = [c for c in failed if c.failure == "unavailable"]
-        if unavailable:
-            raise ModelUnavailable(
-                f"the model or endpoint is unavailable: {len(unavailable)} of "
-                f"{len(completions)} model calls of {self.shard} failed "
-                f"({unavailable[0].error or 'no reason given'}); {self.shard} is not committed"
-            )
-        self.calls += len(completions)
-        self.failed += len(failed)
-        self.first_error = self.first_error or (failed[0].error if failed else "")
-        return completions
-
-    def stats(self) -> BackendStats:
-        return self.backend.stats()
-
-    def backend_counters(self) -> dict[str, int]:
-        """The shard's requests asked again after an outage, batches and batch retries by
-        reason (openai batch mode), nonzero only."""
-        before, after = self.stats_before, self.backend.stats()
-        counters = {
-            "outage_retried": after.outage_retried - before.outage_retried,
-            "batches": after.batches - before.batches,
-        } | {
-            f"batch_retried_{reason}": n - before.batch_retried.get(reason, 0)
-            for reason, n in after.batch_retried.items()
-        }
-        return {name: n for name, n in counters.items() if n}
-
-    def check(self) -> None:
-        if self.calls and self.failed == self.calls:
-            raise ModelUnavailable(
-                f"the model or endpoint is unavailable: all {self.calls} model calls of "
-                f"{self.shard} failed ({self.first_error or 'no reason given'})"
-            )
 
 
 def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Path) -> tuple[Inputs, dict[str, str]]:
@@ -372,40 +311,49 @@ def run_job(
     progress: bool = True,
     force_new_config: bool = False,
     source: Path | str = "config",
+    after: Callable[[RunSummary], RunSummary] | None = None,
 ) -> RunSummary:
-    """Run (or resume) every stage. Raises `ConfigError` (naming `source`, the config file)
-    or `RunConfigMismatch` before anything is written, and `RunStopped` when the model is
-    down, the run folder cannot be written, the next shard would cross `budget_usd` or the
+    """Run (or resume) every stage, holding the run folder's lock; `after` (the report of
+    `report.after_run`) is applied to the summary before the lock is let go. Raises
+    `ConfigError` (naming `source`, the config file), `RunDirBusy` (another process holds the
+    folder) or `RunConfigMismatch` before anything is written, and `RunStopped` when the model
+    is down, the run folder cannot be written, the next shard would cross `budget_usd` or the
     judge fails the gold gate (`stages.judge.gate`)."""
     started = time.perf_counter()
     validate_job(config, source)
     init_ray(config)
     validate_placement(config, source)
     try:
-        prepare_run_dir(config, force_new_config)
-        pool = WorkerPool(config)
-        guards: list[Guard] = [GateGuard(config)]
-        if config.budget_usd is not None:
-            guards.append(BudgetGuard(config))
-        stages = []
-        try:
-            for stage in STAGES:
-                stages.append(run_stage(config, stage, pool, progress, guards))
-        finally:
-            pool.release()
-        consistency = summarize_judgments(config.run_dir, config.stages.judge)
-        overall = consistency.get("overall")
-        summary = RunSummary(
-            run_dir=str(config.run_dir),
-            config_fingerprint=config.fingerprint(),
-            wall_seconds=time.perf_counter() - started,
-            stages=stages,
-            consistency=consistency,
-            gold=summarize_gold(config.run_dir),
-            dollars=run_dollars((s.dollars for s in stages), overall.pairs_kept if overall else 0),
-        )
-        summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
-        write_summary(config.run_dir, summary)
+        with holding(run_lock(config.run_dir)) as lock:
+            prepare_run_dir(config, force_new_config)
+            pool = WorkerPool(config)
+            # A lease taken over (object storage) stops the run before its next shard.
+            guards: list[Guard] = [lambda *_: lock.lost(), GateGuard(config)]
+            if config.budget_usd is not None:
+                guards.append(BudgetGuard(config))
+            stages = []
+            try:
+                for stage in STAGES:
+                    stages.append(run_stage(config, stage, pool, progress, guards))
+            finally:
+                pool.release()
+            consistency = summarize_judgments(config.run_dir, config.stages.judge)
+            overall = consistency.get("overall")
+            summary = RunSummary(
+                run_dir=str(config.run_dir),
+                config_fingerprint=config.fingerprint(),
+                wall_seconds=time.perf_counter() - started,
+                stages=stages,
+                consistency=consistency,
+                gold=summarize_gold(config.run_dir),
+                dollars=run_dollars(
+                    (s.dollars for s in stages), overall.pairs_kept if overall else 0
+                ),
+            )
+            summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
+            write_summary(config.run_dir, summary)
+            if after is not None:
+                summary = after(summary)
     except OutputWriteError as exc:
         raise RunStopped(str(exc)) from None
     return summary
