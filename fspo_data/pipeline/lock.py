@@ -86,7 +86,10 @@ def pid_alive(pid: int) -> bool:
 
 def busy(where: str, holder: Holder | None) -> RunDirBusy:
     who = holder.describe() if holder else "holder not recorded yet"
-    return RunDirBusy(f"{where} is in use by another run ({who}); wait for it to end or stop it")
+    return RunDirBusy(
+        f"{where} is in use by another fspo-data run or report ({who}); wait for it to end or "
+        "stop it"
+    )
 
 
 class RunLock(Protocol):
@@ -210,14 +213,22 @@ class LeaseLock:
         return Lease(self.me, self.clock() + self.ttl_s)
 
     def _beat(self) -> None:
+        expires = self.clock() + self.ttl_s
         while not self._stop.wait(self.ttl_s / 3):
-            version = self.store.write(self._renewed(), self._version)
+            renewed = self._renewed()
+            try:
+                version = self.store.write(renewed, self._version)
+            except (OSError, OutputWriteError) as exc:  # the store unreachable: try again
+                if self.clock() < expires:
+                    continue
+                self._lost = f"could not renew the lease on {self.store.where}: {exc}"
+                return
             if version is None:
                 holder = self._holder()
                 who = holder.describe() if holder else "nobody"
                 self._lost = f"lost the lease on {self.store.where} ({who} holds it now)"
                 return
-            self._version = version
+            self._version, expires = version, renewed.expires
 
 
 class FileLeaseStore:

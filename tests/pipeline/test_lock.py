@@ -42,9 +42,9 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
     message = str(refused.value)
     assert "\n" not in message
     assert re.fullmatch(
-        rf"{tmp_path / 'run'} is in use by another run \(host {re.escape(socket.gethostname())}, "
-        rf"pid {os.getpid()}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); wait for it to end "
-        "or stop it",
+        rf"{tmp_path / 'run'} is in use by another fspo-data run or report \(host "
+        rf"{re.escape(socket.gethostname())}, pid {os.getpid()}, since "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); wait for it to end or stop it",
         message,
     ), message
     with holding(LocalLock(tmp_path / "run")):  # released: free again
@@ -136,3 +136,29 @@ def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(tmp_path):
     finally:
         lock.release()
     assert store.read()[0].holder == intruder  # not deleted: it is not ours any more
+
+
+class UnreachableAfterAcquire(FileLeaseStore):
+    """The lease's store, unreachable once the lease is taken (a network partition)."""
+
+    reachable = True
+
+    def write(self, lease: Lease, expected: str | None) -> str | None:
+        if not self.reachable:
+            raise OSError("connection refused")
+        return super().write(lease, expected)
+
+
+def test_a_lease_that_cannot_be_renewed_before_it_expires_is_lost(tmp_path):
+    store = UnreachableAfterAcquire(tmp_path / "lease.json")
+    lock = LeaseLock(store, ttl_s=0.3)
+    lock.acquire()
+    store.reachable = False
+    deadline = time.monotonic() + 10
+    try:
+        while lock.lost() is None:
+            assert time.monotonic() < deadline, "the lapse went unnoticed"
+            time.sleep(0.01)
+    finally:
+        lock.release()
+    assert lock.lost() == f"could not renew the lease on {tmp_path}: connection refused"

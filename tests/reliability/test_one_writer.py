@@ -57,8 +57,9 @@ def folder_state(run_dir: Path) -> dict[str, tuple[int, str]]:
 
 
 HOLDER = re.compile(
-    r"^error: (?P<dir>\S+) is in use by another run \(host (?P<host>\S+), pid (?P<pid>\d+), "
-    r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); wait for it to end or stop it\n$"
+    r"^error: (?P<dir>\S+) is in use by another fspo-data run or report "
+    r"\(host (?P<host>\S+), pid (?P<pid>\d+), since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
+    r"wait for it to end or stop it\n$"
 )
 
 
