@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fspo_data.core.config import load_config
+from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError, load_yaml_model
 from fspo_data.pipeline.plan import add_plan_command
 from fspo_data.pipeline.validate import load_job
@@ -19,21 +19,30 @@ EXIT_USAGE = 2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fspo_data.pipeline.lock import RunDirBusy
     from fspo_data.pipeline.orchestrator import RunStopped, run_job
     from fspo_data.pipeline.resume import RunConfigMismatch
-    from fspo_data.pipeline.summary import render
+    from fspo_data.pipeline.summary import RunSummary, render
 
     config = load_job(args.config, to_run_here=True)
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
+    after = None
+    if config.report.after_run:
+        from fspo_data.pipeline.report import add_diversity_to_summary
+
+        def after(summary: RunSummary) -> RunSummary:  # writes into the run folder: locked
+            return add_diversity_to_summary(summary, config)
+
     try:
         summary = run_job(
             config,
             progress=not args.quiet,
             force_new_config=args.force_new_config,
             source=args.config,
+            after=after,
         )
-    except RunConfigMismatch as exc:
+    except (RunConfigMismatch, RunDirBusy) as exc:  # refused before changing anything
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RunStopped as exc:
@@ -42,10 +51,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         again = shlex.join(["fspo-data", "run", str(args.config), *run_dir])
         print(f"error: {exc}; committed shards are kept, run `{again}` to resume", file=sys.stderr)
         return 1  # not EXIT_USAGE: nothing is wrong with the command, it can resume later
-    if config.report.after_run:
-        from fspo_data.pipeline.report import add_diversity_to_summary
-
-        summary = add_diversity_to_summary(summary, config)
     render(summary)
     return 0
 
@@ -74,11 +79,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from fspo_data.pipeline.lock import RunDirBusy, holding, run_lock
+
+    config = load_config(args.run_dir / "config.yaml")
+    # It writes RUN_DIR/report/ and summary.json, which a run writes too: one writer at a time.
+    try:
+        with holding(run_lock(args.run_dir)):
+            return write_report(args, config)
+    except RunDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def write_report(args: argparse.Namespace, config: JobConfig) -> int:
     from fspo_data.personas.embeddings import make_embedder
     from fspo_data.pipeline.report import build_report, headline_figures
     from fspo_data.pipeline.summary import RunSummary, render_verdicts, write_summary
 
-    config = load_config(args.run_dir / "config.yaml")
     # The summary-side figures of the verdicts (gold, judge statistics, truncation) come from
     # the run's summary.json; a run that has not finished has none, and those checks are grey.
     # JSON is YAML: a summary of another version fails in one line naming the file and field.

@@ -4,7 +4,12 @@ Requests run concurrently on an `openai.AsyncOpenAI` client, bounded by a semaph
 optional requests/tokens-per-minute buckets. Retries live here, at the network edge, with an
 explicit list of retryable statuses; the client's own retries are off so that one policy
 (jittered backoff, honouring Retry-After) governs. A request that still fails, or whose answer
-stays malformed, comes back as `Completion(ok=False, error=...)`, never half-formed.
+stays malformed, comes back failed with its kind (`failure_of`) and reason, never half-formed.
+
+An outage outlasts the per-request budget: requests that failed for want of the endpoint
+are asked again in rounds, after pauses that double (`outage_wait_s`), so that an endpoint
+restarting mid-shard costs a wait, not records. One still unavailable after that comes back
+`unavailable`, and the orchestrator leaves its shard uncommitted.
 
 The API key is read from the environment variable the settings name and is kept out of every
 repr, log record and error string.
@@ -34,7 +39,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from fspo_data.backends.openai_batch import BatchJournal, run_batch
 from fspo_data.backends.openai_wire import MalformedCompletion, parse_completion, request_body
-from fspo_data.core.chat import BackendStats, ChatRequest, Completion
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion, Failure
 from fspo_data.core.model_config import OpenAISettings
 
 logger = logging.getLogger(__name__)
@@ -109,6 +114,14 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
     return isinstance(exc, openai.APIConnectionError)  # APITimeoutError included
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The kind of a failure that outlived the retries: the endpoint was unavailable (worth
+    asking again later), it refused the request (another 4xx), or its answer was unusable."""
+    if isinstance(exc, MalformedCompletion):
+        return "bad_output"
+    return "unavailable" if is_transient(exc) else "refused"
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -213,10 +226,7 @@ class OpenAIBackend:
         if not requests:
             return []
         started = time.perf_counter()
-        batch = self.settings.request_mode == "batch"
-        completions = run_sync(
-            self._complete_batch(requests) if batch else self._complete_all(requests)
-        )
+        completions = self._outlast_outage(requests, run_sync(self._complete(requests)))
         with self._stats_lock:
             self._stats.add(completions, time.perf_counter() - started)
         self._log_failures(completions)
@@ -225,6 +235,40 @@ class OpenAIBackend:
     def stats(self) -> BackendStats:
         with self._stats_lock:
             return self._stats.model_copy()
+
+    def _complete(self, requests: list[ChatRequest]) -> Coroutine[Any, Any, list[Completion]]:
+        batch = self.settings.request_mode == "batch"
+        return self._complete_batch(requests) if batch else self._complete_all(requests)
+
+    def _outlast_outage(
+        self, requests: list[ChatRequest], completions: list[Completion]
+    ) -> list[Completion]:
+        """Ask the requests that failed as `unavailable` again, all together, after pauses
+        that start at `backoff_max_s` and double, until they are answered or `outage_wait_s`
+        of pauses is spent. The requests are the same (same seeds), so are their answers."""
+        waited, pause = 0.0, self.settings.backoff_max_s
+        while waited < self.settings.outage_wait_s:
+            waiting = [i for i, c in enumerate(completions) if c.failure == "unavailable"]
+            if not waiting:
+                break
+            pause = min(pause, self.settings.outage_wait_s - waited)
+            logger.warning(
+                "openai backend: the endpoint is unavailable for %d of %d requests (%s); "
+                "asking them again in %.1fs",
+                len(waiting),
+                len(requests),
+                completions[waiting[0]].error,
+                pause,
+            )
+            time.sleep(pause)
+            waited, pause = waited + pause, pause * 2
+            again = run_sync(self._complete([requests[i] for i in waiting]))
+            for i, completion in zip(waiting, again, strict=True):
+                completion.retries += completions[i].retries + 1
+                completions[i] = completion
+            with self._stats_lock:
+                self._stats.outage_retried += len(waiting)
+        return completions
 
     def _client(self, max_retries: int) -> openai.AsyncOpenAI:
         # Clients belong to one call's event loop; a new loop may run the next call.
@@ -252,7 +296,7 @@ class OpenAIBackend:
             # No batch API, a refused key, an endpoint down past the retries: every request
             # fails with the reason, as a direct call would (a shard of them stops the run).
             error = self._safe_error(f"batch: {describe_error(exc)}")
-            return [Completion(ok=False, error=error) for _ in requests]
+            return [Completion(failure=failure_of(exc), error=error) for _ in requests]
         retry = [i for i, result in enumerate(results) if isinstance(result, str)]
         redone = await self._complete_all([requests[i] for i in retry]) if retry else []
         with self._stats_lock:
@@ -282,7 +326,7 @@ class OpenAIBackend:
                     completion = await self._attempt(client, semaphore, request, tally)
         except (openai.APIError, MalformedCompletion) as exc:
             error = self._safe_error(describe_error(exc))
-            return Completion(ok=False, error=error, retries=tally.attempts - 1)
+            return Completion(failure=failure_of(exc), error=error, retries=tally.attempts - 1)
         completion.retries = tally.attempts - 1
         return completion
 

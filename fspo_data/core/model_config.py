@@ -65,6 +65,16 @@ class OpenAISettings(StrictModel):
         gt=0,
         description="Longest wait between retries, Retry-After included (seconds).",
     )
+    outage_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long one batch of calls waits out an outage: requests still failing "
+        "after their retries for want of the endpoint (timeouts, connection errors, 408, 409, "
+        "429, 5xx) are asked again in rounds, after pauses that start at backoff_max_s and "
+        "double, until this many seconds of pauses are spent. One still failing then leaves "
+        "its shard uncommitted and stops the run, to be resumed; none is ever dropped. 0: stop "
+        "at once.",
+    )
     request_mode: Literal["sync", "batch"] = Field(
         default="sync",
         description="'sync': one HTTP call per request. 'batch': each batch of requests goes "

@@ -15,10 +15,13 @@ changed (growing `counts.users` re-cuts a partial last shard), if its recipe (co
 prompts, model) changed, or if a group of upstream shards it read now has another digest
 (pipeline/resume.py). Everything not committed is then computed.
 
-A shard whose every model call failed is not committed: that says the engine or endpoint is
-down, not that the rows are bad. The run stops with `RunStopped`, keeping what is committed.
-So it does when a guard (`Guard`, e.g. the budget cap of pipeline/budget.py) says so before a
-shard is dispatched: LLM shards go out a few per replica at a time for this.
+A shard whose model calls the endpoint could not answer is not committed (`CallTally`,
+pipeline/tally.py: no record is lost to an outage); the run stops with `RunStopped`, keeping
+what is committed. So it does when a guard (`Guard`, e.g. the budget cap of
+pipeline/budget.py) says so before a shard is dispatched: LLM shards go out a few per replica
+at a time for this.
+
+One run at a time holds the run folder (pipeline/lock.py); a second is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import ray
 from tqdm import tqdm
 
 from fspo_data.backends import backend_env, make_backend
-from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBackend
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
@@ -51,6 +53,7 @@ from fspo_data.core.shards import (
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import run_dollars
 from fspo_data.pipeline.gold import GateGuard, summarize_gold
+from fspo_data.pipeline.lock import holding, run_lock
 from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
 from fspo_data.pipeline.summary import (
     RunSummary,
@@ -58,6 +61,7 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
+from fspo_data.pipeline.tally import CallTally, ModelUnavailable
 from fspo_data.pipeline.validate import validate_job, validate_placement
 from fspo_data.pipeline.verdicts import with_verdicts
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
@@ -67,58 +71,12 @@ MANIFEST_SAVE_INTERVAL_S = 1.0
 BATCH_JOURNAL = "batches"  # RUN_DIR/batches: batch ids of openai batch mode, for resume
 
 
-class ModelUnavailable(RuntimeError):
-    """Every model call of a shard failed, so the shard is not committed."""
-
-
 class RunStopped(RuntimeError):
     """The run cannot go on (model down, output not writable); committed shards are kept."""
 
 
 # Raised inside a worker, they stop the run with their one-line message, not a traceback.
 STOPPING_ERRORS = (ModelUnavailable, OutputWriteError)
-
-
-class CallTally:
-    """Wraps a worker's backend to count the current shard's model calls that failed for good."""
-
-    def __init__(self, backend: LLMBackend) -> None:
-        self.backend = backend
-        self.model_name = backend.model_name
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls = 0
-        self.failed = 0
-        self.first_error = ""
-        self.stats_before = self.backend.stats()
-
-    def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-        completions = self.backend.complete(requests)
-        failed = [c for c in completions if not c.ok]
-        self.calls += len(completions)
-        self.failed += len(failed)
-        self.first_error = self.first_error or (failed[0].error if failed else "")
-        return completions
-
-    def stats(self) -> BackendStats:
-        return self.backend.stats()
-
-    def batch_counters(self) -> dict[str, int]:
-        """The shard's batches and batch retries by reason (openai batch mode), nonzero only."""
-        before, after = self.stats_before, self.backend.stats()
-        counters = {"batches": after.batches - before.batches} | {
-            f"batch_retried_{reason}": n - before.batch_retried.get(reason, 0)
-            for reason, n in after.batch_retried.items()
-        }
-        return {name: n for name, n in counters.items() if n}
-
-    def check(self, spec: ShardSpec) -> None:
-        if self.calls and self.failed == self.calls:
-            raise ModelUnavailable(
-                f"the model or endpoint is unavailable: all {self.calls} model calls of "
-                f"{spec.stage}/{spec.name} failed ({self.first_error or 'no reason given'})"
-            )
 
 
 def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Path) -> tuple[Inputs, dict[str, str]]:
@@ -139,13 +97,15 @@ def execute_shard(spec: ShardSpec, ctx: StageContext, tally: CallTally | None = 
     """Read a shard's inputs, compute it, commit it; its manifest entry is the result."""
     stage = STAGES_BY_NAME[spec.stage]
     run_dir = ctx.config.run_dir
+    if tally is not None:
+        tally.reset(spec)
     inputs, digests = read_inputs(stage, spec, run_dir)
     output = stage.run(spec, inputs, ctx)
     if tally is not None:
-        tally.check(spec)
+        tally.check()
     table = to_table(output.records, stage.record_type)
     entry = write_shard(run_dir / stage.name, spec.name, table)
-    entry.counters = dict(output.counters) | (tally.batch_counters() if tally else {})
+    entry.counters = dict(output.counters) | (tally.backend_counters() if tally else {})
     entry.start, entry.stop, entry.inputs = spec.start, spec.stop, digests
     return entry
 
@@ -158,7 +118,6 @@ class ShardWorker:
         self.ctx = StageContext(config=config, backend=self.tally)
 
     def run_shard(self, spec: ShardSpec) -> ShardEntry:
-        self.tally.reset()
         return execute_shard(spec, self.ctx, self.tally)
 
 
@@ -352,40 +311,49 @@ def run_job(
     progress: bool = True,
     force_new_config: bool = False,
     source: Path | str = "config",
+    after: Callable[[RunSummary], RunSummary] | None = None,
 ) -> RunSummary:
-    """Run (or resume) every stage. Raises `ConfigError` (naming `source`, the config file)
-    or `RunConfigMismatch` before anything is written, and `RunStopped` when the model is
-    down, the run folder cannot be written, the next shard would cross `budget_usd` or the
+    """Run (or resume) every stage, holding the run folder's lock; `after` (the report of
+    `report.after_run`) is applied to the summary before the lock is let go. Raises
+    `ConfigError` (naming `source`, the config file), `RunDirBusy` (another process holds the
+    folder) or `RunConfigMismatch` before anything is written, and `RunStopped` when the model
+    is down, the run folder cannot be written, the next shard would cross `budget_usd` or the
     judge fails the gold gate (`stages.judge.gate`)."""
     started = time.perf_counter()
     validate_job(config, source)
     init_ray(config)
     validate_placement(config, source)
     try:
-        prepare_run_dir(config, force_new_config)
-        pool = WorkerPool(config)
-        guards: list[Guard] = [GateGuard(config)]
-        if config.budget_usd is not None:
-            guards.append(BudgetGuard(config))
-        stages = []
-        try:
-            for stage in STAGES:
-                stages.append(run_stage(config, stage, pool, progress, guards))
-        finally:
-            pool.release()
-        consistency = summarize_judgments(config.run_dir, config.stages.judge)
-        overall = consistency.get("overall")
-        summary = RunSummary(
-            run_dir=str(config.run_dir),
-            config_fingerprint=config.fingerprint(),
-            wall_seconds=time.perf_counter() - started,
-            stages=stages,
-            consistency=consistency,
-            gold=summarize_gold(config.run_dir),
-            dollars=run_dollars((s.dollars for s in stages), overall.pairs_kept if overall else 0),
-        )
-        summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
-        write_summary(config.run_dir, summary)
+        with holding(run_lock(config.run_dir)) as lock:
+            prepare_run_dir(config, force_new_config)
+            pool = WorkerPool(config)
+            # A lease taken over (object storage) stops the run before its next shard.
+            guards: list[Guard] = [lambda *_: lock.lost(), GateGuard(config)]
+            if config.budget_usd is not None:
+                guards.append(BudgetGuard(config))
+            stages = []
+            try:
+                for stage in STAGES:
+                    stages.append(run_stage(config, stage, pool, progress, guards))
+            finally:
+                pool.release()
+            consistency = summarize_judgments(config.run_dir, config.stages.judge)
+            overall = consistency.get("overall")
+            summary = RunSummary(
+                run_dir=str(config.run_dir),
+                config_fingerprint=config.fingerprint(),
+                wall_seconds=time.perf_counter() - started,
+                stages=stages,
+                consistency=consistency,
+                gold=summarize_gold(config.run_dir),
+                dollars=run_dollars(
+                    (s.dollars for s in stages), overall.pairs_kept if overall else 0
+                ),
+            )
+            summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
+            write_summary(config.run_dir, summary)
+            if after is not None:
+                summary = after(summary)
     except OutputWriteError as exc:
         raise RunStopped(str(exc)) from None
     return summary

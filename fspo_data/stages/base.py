@@ -231,8 +231,8 @@ def complete_whole(
     ctx: StageContext, requests: list[ChatRequest], counters: Counter[str], what: str
 ) -> list[Completion]:
     """`complete_all`, then each completion cut at max_tokens asked once more with a larger
-    budget (`stages.truncation`); one cut again comes back `ok=False`, so no stage writes it
-    as if whole. Counted as `{what}_regenerated_truncated` and `{what}_dropped_truncated`.
+    budget (`stages.truncation`); one cut again comes back failed (`bad_output`), so no stage
+    writes it as if whole. Counted as `{what}_regenerated_truncated` and `{what}_dropped_truncated`.
 
     The retry keeps the request's seed, so a seeded engine writes the same opening again.
     """
@@ -263,7 +263,7 @@ def complete_whole(
 
 def _dropped_truncated(completion: Completion, counters: Counter[str], what: str) -> Completion:
     counters[f"{what}_dropped_truncated"] += 1
-    return completion.model_copy(update={"ok": False, "error": "cut at max_tokens"})
+    return completion.model_copy(update={"failure": "bad_output", "error": "cut at max_tokens"})
 
 
 def records_from_table(table: pa.Table, record_type: type[R]) -> list[R]:

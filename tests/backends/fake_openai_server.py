@@ -27,8 +27,19 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+# "drop" closes the connection without an answer (a server going away mid-call).
 Fault = Literal[
-    "429", "500", "slow", "truncated", "empty", "null_content", "no_logprobs", "400", "401"
+    "429",
+    "500",
+    "503",
+    "drop",
+    "slow",
+    "truncated",
+    "empty",
+    "null_content",
+    "no_logprobs",
+    "400",
+    "401",
 ]
 RETRYABLE_FAULTS: tuple[Fault, ...] = ("429", "500", "slow", "truncated", "empty")
 
@@ -321,6 +332,11 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(429, error, {"Retry-After": script.retry_after})
             elif fault == "500":
                 self._send_json(500, {"error": {"message": "internal error" + detail}})
+            elif fault == "503":
+                error = {"error": {"message": "engine is restarting" + detail}}
+                self._send_json(503, error, {"Retry-After": script.retry_after})
+            elif fault == "drop":
+                self.close_connection = True  # nothing sent: the client sees the line drop
             elif fault == "400":
                 self._send_json(400, {"error": {"message": "scripted bad request" + detail}})
             elif fault == "401":  # hosted APIs name the key they refused

@@ -60,6 +60,7 @@ def make_backend(server: FakeOpenAIServer, **overrides: object) -> OpenAIBackend
         "request_timeout_s": 2.0,
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
+        "outage_wait_s": 0.0,  # fail as unavailable at once; the rounds have their own tests
         **overrides,
     }
     return OpenAIBackend(OpenAISettings(**settings))
@@ -160,7 +161,8 @@ def test_transient_errors_stop_after_max_retries(fault: Fault, error: str) -> No
     with FakeOpenAIServer(FaultScript(always=fault, slow_s=5.0)) as server:
         backend = make_backend(server, max_retries=2, request_timeout_s=0.2)
         (completion,) = backend.complete(make_requests(1))
-    assert not completion.ok and completion.retries == 2 and completion.error == error
+    assert completion.failure == "unavailable" and completion.retries == 2
+    assert completion.error == error
     assert server.counters.calls <= 3
 
 
@@ -170,9 +172,32 @@ def test_bad_request_is_not_retried() -> None:
         completions = backend.complete(make_requests(3))
     assert server.counters.calls == 3
     for completion in completions:
-        assert not completion.ok and completion.retries == 0 and completion.text == ""
+        assert completion.failure == "refused" and completion.retries == 0
         assert completion.error == "http 400: bad request: scripted bad request"
+        assert completion.text == ""
     assert (backend.stats().failed, backend.stats().retries) == (3, 0)
+
+
+@pytest.mark.parametrize("fault", ["503", "drop"])
+def test_an_outage_past_the_retries_is_waited_out_in_rounds(fault: Fault) -> None:
+    # The first 12 calls fail: 4 requests x 3 attempts, the whole retry budget of each.
+    script = FaultScript(sequence=(fault,) * 12)
+    with FakeOpenAIServer(script) as server:
+        backend = make_backend(server, max_retries=2, outage_wait_s=5.0)
+        requests = make_requests(4)
+        completions = backend.complete(requests)
+    assert [c.text for c in completions] == [expected_text(request_payload(r)) for r in requests]
+    assert all(c.retries == 3 for c in completions)  # 2 retries, then a round
+    assert backend.stats().outage_retried == 4 and backend.stats().failed == 0
+
+
+def test_an_outage_longer_than_the_wait_fails_as_unavailable() -> None:
+    with FakeOpenAIServer(FaultScript(always="503")) as server:
+        backend = make_backend(server, max_retries=0, backoff_max_s=0.01, outage_wait_s=0.05)
+        (completion,) = backend.complete(make_requests(1))
+    assert completion.failure == "unavailable" and completion.error.startswith("http 503")
+    # Pauses of 0.01, 0.02 and the 0.02 left: three rounds after the first call.
+    assert server.counters.calls == 4 and backend.stats().outage_retried == 3
 
 
 @pytest.mark.parametrize(
@@ -193,7 +218,7 @@ def test_malformed_past_budget_fails_without_retrying_forever(
     assert server.counters.calls == 2 * 3
     for completion in completions:
         assert completion == completion.model_copy(
-            update={"ok": False, "error": f"malformed: {reason}", "retries": 2}
+            update={"failure": "bad_output", "error": f"malformed: {reason}", "retries": 2}
         )
         assert completion.text == "" and completion.first_token_logprobs == {}
     # Each retry asks for the next seed: a deterministic server would repeat the same answer.

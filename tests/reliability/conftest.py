@@ -62,7 +62,8 @@ def stage_ids(run_dir: Path) -> dict[str, list[str]]:
 def openai_config(run_dir: Path, base_url: str, **settings: object) -> JobConfig:
     """instant.yaml on the `openai` backend at `base_url`, review domain only (templated users
     and questions: the endpoint writes candidates and judges), one replica so shards call the
-    endpoint one after another, and a retry budget of a fraction of a second."""
+    endpoint one after another, and a retry budget and an outage wait of a fraction of a
+    second."""
     base = instant_config(run_dir).model_dump(mode="json")
     openai = {
         "base_url": base_url,
@@ -71,6 +72,7 @@ def openai_config(run_dir: Path, base_url: str, **settings: object) -> JobConfig
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
         "max_retries": 2,
+        "outage_wait_s": 0.2,
     }
     model = base["model"] | {"backend": "openai", "replicas": 1, "openai": openai | settings}
     counts = base["counts"] | {"shots": {"review": 2}}  # shots may name only the job's domains

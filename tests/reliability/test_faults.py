@@ -30,7 +30,8 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
-from fspo_data.pipeline.orchestrator import CallTally, ModelUnavailable, execute_shard
+from fspo_data.pipeline.orchestrator import execute_shard
+from fspo_data.pipeline.tally import CallTally, ModelUnavailable
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import StageContext
 from tests.backends.fake_openai_server import FakeOpenAIServer, Fault
@@ -129,7 +130,7 @@ class RefusesOneUser:
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         self.refused = self.refused or requests[0].messages
         answers = self.inner.complete(requests)
-        refused = Completion(ok=False, error="http 400: bad request: refused")
+        refused = Completion(failure="refused", error="http 400: bad request: refused")
         return [
             refused if self.everyone or r.messages == self.refused else a
             for r, a in zip(requests, answers, strict=True)

@@ -58,7 +58,8 @@ def test_letter_margin_reads_logprobs_and_floors_missing_letter():
     floored = judging.letter_margin(Completion(first_token_logprobs={"A": -0.5, "The": -3.0}))
     assert floored == pytest.approx(2.5)
     assert judging.letter_margin(Completion(first_token_logprobs={"The": -0.1})) is None
-    assert judging.letter_margin(Completion(ok=False, first_token_logprobs={"A": -1.0})) is None
+    failed = Completion(failure="bad_output", first_token_logprobs={"A": -1.0})
+    assert judging.letter_margin(failed) is None
 
 
 def test_position_stats():
