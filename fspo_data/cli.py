@@ -10,12 +10,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fspo_data.core import storage
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError, load_yaml_model
 from fspo_data.pipeline.plan import add_plan_command
 from fspo_data.pipeline.validate import load_job
 
 EXIT_USAGE = 2
+
+
+def run_location(value: str) -> storage.Location:
+    """A run folder or `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX` given on the command line."""
+    try:
+        return storage.location(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,7 +109,7 @@ def write_report(args: argparse.Namespace, config: JobConfig) -> int:
     # the run's summary.json; a run that has not finished has none, and those checks are grey.
     # JSON is YAML: a summary of another version fails in one line naming the file and field.
     summary_path = args.run_dir / "summary.json"
-    summary = load_yaml_model(summary_path, RunSummary) if summary_path.is_file() else None
+    summary = load_yaml_model(summary_path, RunSummary) if storage.is_file(summary_path) else None
     embedder = make_embedder(args.embedder or config.stages.persona_checks.embedder, args.device)
     result = build_report(
         args.run_dir,
@@ -166,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_judge:
         from fspo_data.train.judging import pipeline_judge
 
-        job_config = load_job(args.judge_config or args.source / "config.yaml")
+        job_config = load_job(args.judge_config or storage.location(args.source) / "config.yaml")
         judge = pipeline_judge(job_config)
     summary = run_eval(
         str(args.source),
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(one line per stage says which and why). Only a changed seed needs a new run_dir.",
     )
     run.add_argument("config", type=Path, help="job config YAML (see configs/demo.yaml)")
-    run.add_argument("--run-dir", type=Path, help="override the config's run_dir")
+    run.add_argument("--run-dir", type=run_location, help="override the config's run_dir")
     run.add_argument(
         "--force-new-config",
         action="store_true",
@@ -208,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which shards of a run are committed",
         description="Compare a run's manifests with what its config plans.",
     )
-    status.add_argument("run_dir", type=Path, help="a run folder (holds config.yaml)")
+    status.add_argument(
+        "run_dir", type=run_location, help="a run folder or s3://, gs:// URI (holds config.yaml)"
+    )
     status.set_defaults(handler=cmd_status)
 
     report = commands.add_parser(
@@ -217,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Persona, question and candidate diversity, trait coverage, user agreement "
         "and label entropy, as RUN_DIR/report/diversity.html and diversity.json.",
     )
-    report.add_argument("run_dir", type=Path, help="a run folder (holds config.yaml)")
+    report.add_argument(
+        "run_dir", type=run_location, help="a run folder or s3://, gs:// URI (holds config.yaml)"
+    )
     report.add_argument(
         "--sample-size",
         type=int,
@@ -234,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-shard the run's episodes per domain and split, write a dataset card, and "
         "upload with resumable multi-commit upload. The token comes from HF_TOKEN.",
     )
-    export.add_argument("run_dir", type=Path, help="a finished run folder")
+    export.add_argument("run_dir", type=run_location, help="a finished run (folder or URI)")
     export.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub dataset")
-    export.add_argument("--out-dir", type=Path, help="export folder (default RUN_DIR/export)")
+    export.add_argument(
+        "--out-dir",
+        type=Path,
+        help="local export folder (default RUN_DIR/export; for a run on object storage, "
+        "./NAME-export, NAME the run's last path segment)",
+    )
     export.add_argument("--private", action="store_true", help="create the Hub repo as private")
     export.add_argument(
         "--dry-run",
@@ -252,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stage 1 SFT on preferred completions, stage 2 FSPO (IPO or DPO against a "
         "frozen SFT reference). Rerunning resumes from the last checkpoints.",
     )
-    train.add_argument("source", type=Path, help="a run folder, or a Hub dataset id")
+    train.add_argument("source", help="a run folder or s3://, gs:// URI, or a Hub dataset id")
     train.add_argument("--config", type=Path, required=True, help="train YAML (configs/train.yaml)")
     train.set_defaults(handler=cmd_train)
 
@@ -262,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Implicit-reward accuracy against the reference and the base model, and a "
         "personalized win rate judged by the run's judge in both orders.",
     )
-    evaluate.add_argument("source", type=Path, help="a run folder, or a Hub dataset id")
+    evaluate.add_argument("source", help="a run folder or s3://, gs:// URI, or a Hub dataset id")
     evaluate.add_argument("--config", type=Path, required=True, help="the train YAML used")
     evaluate.add_argument(
         "--judge-config",

@@ -1,9 +1,12 @@
-"""Shared fixtures: a scripted backend (test double) and helpers to build a run folder."""
+"""Shared fixtures: a scripted backend (test double), helpers to build a run folder, and an
+S3-compatible server on 127.0.0.1 (moto's server mode)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +16,7 @@ from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.records import Record, to_table
 from fspo_data.core.shards import Manifest, save_manifest, write_shard
+from fspo_data.core.storage import ObjectPath
 
 TESTS_DIR = Path(__file__).parent
 
@@ -62,3 +66,34 @@ def write_stage(run_dir: Path, stage: str, name: str, records: list[Record]) -> 
 @pytest.fixture
 def job_config(tmp_path: Path) -> JobConfig:
     return JobConfig(run_dir=tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> Iterator[ObjectPath]:
+    """`s3://bucket` on a moto server this session starts on 127.0.0.1, with the environment
+    (AWS_ENDPOINT_URL, keys, region) set as a user would, so jobs started from here see it too.
+    One server per session: a process keeps one client per bucket."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    store = fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    store.create_dir("bucket")
+    yield ObjectPath("s3", "bucket")
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()

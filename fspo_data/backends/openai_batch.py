@@ -23,14 +23,15 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import openai
 
 from fspo_data.backends.openai_wire import MalformedCompletion, completion_from_body, request_body
+from fspo_data.core import storage
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.model_config import OpenAISettings
 from fspo_data.core.shards import atomic_write_bytes, make_dir
+from fspo_data.core.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,13 @@ def read_results(
 class BatchJournal:
     """What was submitted for which batch file, under a folder (RUN_DIR/batches)."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Location | None) -> None:
         self.folder = folder  # None: nothing is kept, a killed driver submits again
 
     def load(self, digest: str) -> dict[str, str]:
         path = self._path(digest)
-        return json.loads(path.read_text()) if path is not None and path.exists() else {}
+        exists = path is not None and storage.exists(path)
+        return json.loads(storage.read_bytes(path)) if exists else {}
 
     def save(self, digest: str, entry: dict[str, str]) -> None:
         path = self._path(digest)
@@ -126,16 +128,18 @@ class BatchJournal:
 
     def in_flight(self) -> list[str]:
         """The latest progress line of every journaled batch that has not ended."""
-        if self.folder is None or not self.folder.is_dir():
+        if self.folder is None:
             return []
-        entries = [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
+        entries = [
+            json.loads(storage.read_bytes(p)) for p in storage.list_files(self.folder, "*.json")
+        ]
         return [
             e.get("progress", f"openai batch {e.get('batch_id', '?')}: submitted")
             for e in entries
             if not any(f": {status}," in e.get("progress", "") for status in FINAL_STATUSES)
         ]
 
-    def _path(self, digest: str) -> Path | None:
+    def _path(self, digest: str) -> Location | None:
         return None if self.folder is None else self.folder / f"{digest}.json"
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import (
     Field,
+    PlainSerializer,
+    PlainValidator,
     field_validator,
     model_validator,
 )
@@ -21,6 +23,22 @@ from pydantic import (
 from fspo_data.core.checks_config import ChecksConfig
 from fspo_data.core.config_files import StrictModel, load_yaml_model
 from fspo_data.core.model_config import ModelConfig
+from fspo_data.core.storage import Location, ObjectPath, location
+
+
+def _location(value: object) -> Location:
+    if not isinstance(value, str | Path | ObjectPath):
+        raise ValueError("expected a folder path or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX")
+    return location(value)
+
+
+# A local folder (a Path, as ever) or `s3://bucket/prefix`, `gs://bucket/prefix` (an
+# ObjectPath, written back as its URI); core/storage.py.
+RunLocation = Annotated[
+    Location,
+    PlainValidator(_location),
+    PlainSerializer(lambda value: str(value) if isinstance(value, ObjectPath) else value),
+]
 
 
 class RayConfig(StrictModel):
@@ -279,7 +297,10 @@ class StagesConfig(StrictModel):
 
 
 class JobConfig(StrictModel):
-    run_dir: Path = Field(description="Where the stages write their Parquet shards.")
+    run_dir: RunLocation = Field(
+        description="Where the stages write their Parquet shards: a local folder, or "
+        "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (credentials from the environment)."
+    )
     seed: int = Field(default=0, description="Root seed; every record's seed derives from it.")
     domains: list[str] = Field(
         default=["roleplay"],
@@ -370,5 +391,5 @@ class JobConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: Path | str) -> JobConfig:
+def load_config(path: Location | str) -> JobConfig:
     return load_yaml_model(path, JobConfig)

@@ -7,11 +7,13 @@ a `ConfigError` whose message names the file and the field.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from fspo_data.core import storage
+from fspo_data.core.storage import Location
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -60,7 +62,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     return leaves
 
 
-def _one_line(path: Path, error: ValidationError) -> str:
+def _one_line(path: Location, error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     message = first["msg"].replace("Value error, ", "")
@@ -111,14 +113,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_yaml_model(path: Path | str, model: type[M]) -> M:
-    """Read a YAML config into `model`; any problem is a `ConfigError` of one line naming the
-    file and the field."""
-    path = Path(path)
+def load_yaml_model(path: Location | str, model: type[M]) -> M:
+    """Read a YAML config (a file, or an object of a run on object storage) into `model`; any
+    problem is a `ConfigError` of one line naming the file and the field."""
+    path = storage.location(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        raw = yaml.load(storage.read_text(path), Loader=_UniqueKeyLoader)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot read config: {reason}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     except DuplicateKeyError as exc:

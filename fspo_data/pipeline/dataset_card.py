@@ -15,10 +15,12 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
+from fspo_data.core import storage
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.fspo_format import format_completion, format_prompt, format_rat_completion
 from fspo_data.core.records import Shot
 from fspo_data.core.shards import Manifest, load_manifest
+from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.pipeline.cost import RunDollars, usd
 from fspo_data.pipeline.gold import GoldFigures
@@ -90,7 +92,7 @@ def _shots(config: JobConfig) -> str:
 
 
 def render_card(
-    run_dir: Path,
+    run_dir: Location,
     repo_id: str,
     header: dict[str, Any],
     rows: Mapping[str, Mapping[str, int]],
@@ -98,7 +100,7 @@ def render_card(
 ) -> str:
     """The dataset card, from the template and whatever the run recorded."""
     config_path = run_dir / "config.yaml"
-    config = load_config(config_path) if config_path.is_file() else None
+    config = load_config(config_path) if storage.is_file(config_path) else None
     manifests = _read_manifests(run_dir)
     has_rationale = any(name in schema.names for name in RATIONALE_COLUMNS)
     summary = _read_json(run_dir / "summary.json")
@@ -157,13 +159,13 @@ def redact(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     return text, names
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Location) -> dict[str, Any] | None:
     # Raw JSON, not the pydantic models: their NaN figures are written as null and do not
     # validate back.
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(storage.read_bytes(path)) if storage.is_file(path) else None
 
 
-def _read_manifests(run_dir: Path) -> dict[str, Manifest]:
+def _read_manifests(run_dir: Location) -> dict[str, Manifest]:
     """Stage name -> its manifest, in pipeline order, for the stages that committed any."""
     found = {stage.name: load_manifest(run_dir / stage.name) for stage in STAGES}
     return {name: manifest for name, manifest in found.items() if manifest is not None}

@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fspo_data.core import storage
 from fspo_data.core.records import Episode
 from fspo_data.core.shards import final_episode_files
+from fspo_data.core.storage import Location
 from fspo_data.pipeline.dataset_card import front_matter, redact, render_card
 from fspo_data.stages.base import require_columns
 
@@ -77,7 +79,7 @@ class ExportResult:
 
 
 def export_run(
-    run_dir: Path,
+    run_dir: Location,
     repo_id: str,
     out_dir: Path | None = None,
     private: bool = False,
@@ -87,7 +89,7 @@ def export_run(
     pretty_name: str | None = None,
     api: HubApi | None = None,
 ) -> ExportResult:
-    """Write the Hub folder (default RUN_DIR/export) and, unless `dry_run`, upload it.
+    """Write the Hub folder (`export_folder`) and, unless `dry_run`, upload it.
 
     A dry run writes the folder and lists it (`ExportResult.listing()`) without touching the Hub.
     """
@@ -99,14 +101,14 @@ def export_run(
 
 
 def write_export(
-    run_dir: Path,
+    run_dir: Location,
     repo_id: str,
     out_dir: Path | None = None,
     max_shard_bytes: int = 300_000_000,
     license: str = "apache-2.0",
     pretty_name: str | None = None,
 ) -> ExportResult:
-    folder = out_dir or run_dir / "export"
+    folder = out_dir or export_folder(run_dir)
     _prepare_folder(folder)
     sources = _committed_episodes(run_dir)
     schema = _episode_schema(sources)
@@ -117,6 +119,14 @@ def write_export(
         log.warning("removed the values of %s from the dataset card", ", ".join(redacted))
     (folder / "README.md").write_text(card)
     return ExportResult(folder, _list_files(folder), rows, redacted)
+
+
+def export_folder(run_dir: Location) -> Path:
+    """The default Hub folder, which is local (the upload reads a folder): RUN_DIR/export, or
+    ./NAME-export for a run on object storage (NAME, the run's last path segment)."""
+    if isinstance(run_dir, Path):
+        return run_dir / "export"
+    return Path(f"{run_dir.name or run_dir.bucket}-export")
 
 
 def upload_export(
@@ -161,24 +171,29 @@ def _prepare_folder(folder: Path) -> None:
     (folder / "data").mkdir(parents=True, exist_ok=True)
 
 
-def _committed_episodes(run_dir: Path) -> list[Path]:
+def _committed_episodes(run_dir: Location) -> list[Location]:
     files = final_episode_files(run_dir)
     if not files:
         raise ExportError(f"{run_dir / 'episodes'}: no committed episodes; run the pipeline first")
     return files
 
 
-def _episode_schema(sources: list[Path]) -> pa.Schema:
-    schema = pq.read_schema(sources[0])
+def _read_schema(path: Location) -> pa.Schema:
+    with storage.open_input(path) as handle:
+        return pq.read_schema(handle)
+
+
+def _episode_schema(sources: list[Location]) -> pa.Schema:
+    schema = _read_schema(sources[0])
     require_columns("export", str(sources[0]), schema.empty_table(), Episode)
     for path in sources[1:]:
-        if not pq.read_schema(path).equals(schema, check_metadata=False):
+        if not _read_schema(path).equals(schema, check_metadata=False):
             raise ExportError(f"{path} has other columns than {sources[0]}: episodes of two runs?")
     return schema
 
 
 def _write_shards(
-    sources: list[Path], schema: pa.Schema, data_dir: Path, max_shard_bytes: int
+    sources: list[Location], schema: pa.Schema, data_dir: Path, max_shard_bytes: int
 ) -> dict[str, dict[str, int]]:
     """Stream every episode file once, routing rows to one rolling writer per (domain, split)."""
     writers: dict[tuple[str, str], _ShardWriter] = {}
@@ -202,9 +217,10 @@ def _config_split_order(key: tuple[str, str]) -> tuple[str, int, str]:
     return domain, rank, split
 
 
-def _batches(sources: list[Path]) -> Iterator[pa.RecordBatch]:
+def _batches(sources: list[Location]) -> Iterator[pa.RecordBatch]:
     for path in sources:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+        with storage.open_input(path) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS)
 
 
 def _partition(batch: pa.RecordBatch) -> Iterator[tuple[tuple[str, str], pa.RecordBatch]]:

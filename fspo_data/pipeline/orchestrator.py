@@ -50,6 +50,7 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
+from fspo_data.core.storage import Location
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import run_dollars
 from fspo_data.pipeline.gold import GateGuard, summarize_gold
@@ -79,7 +80,7 @@ class RunStopped(RuntimeError):
 STOPPING_ERRORS = (ModelUnavailable, OutputWriteError)
 
 
-def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Path) -> tuple[Inputs, dict[str, str]]:
+def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Location) -> tuple[Inputs, dict[str, str]]:
     """The committed upstream shards `spec` reads, as declared, checked against their record
     types; and `{stage}/{prefix}` -> digest of each group read."""
     tables, digests = {}, {}

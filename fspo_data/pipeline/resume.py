@@ -18,11 +18,11 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fspo_data.core import storage
 from fspo_data.core.config import JobConfig
 from fspo_data.core.config_files import dump_config
 from fspo_data.core.shards import (
@@ -37,6 +37,7 @@ from fspo_data.core.shards import (
     reconcile_with_disk,
     remove,
 )
+from fspo_data.core.storage import Location
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.prompts import PROMPT_DIR, file_hash
 from fspo_data.stages.base import ShardSpec, Stage
@@ -95,7 +96,7 @@ def recipe_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return changes
 
 
-def upstream_digests(run_dir: Path) -> Callable[[str], str | None]:
+def upstream_digests(run_dir: Location) -> Callable[[str], str | None]:
     """`{stage}/{prefix}` -> digest of those committed shards now; each manifest read once."""
     manifests: dict[str, Manifest | None] = {}
 
@@ -174,16 +175,16 @@ def open_manifest(config: JobConfig, stage: Stage) -> tuple[Manifest, list[str]]
         config_fingerprint=config.fingerprint(),
         package_versions=package_versions(),
     )
-    notes += reconcile_with_disk(stage_dir, manifest) if stage_dir.exists() else []
+    notes += reconcile_with_disk(stage_dir, manifest)
     manifest.config_fingerprint = config.fingerprint()
     manifest.prompt_hashes = stage_prompts(stage, config)
     return manifest, notes
 
 
-def saved_seed(run_dir: Path) -> int | None:
+def saved_seed(run_dir: Location) -> int | None:
     """The seed of the run a folder holds; None for a new folder or an unreadable config."""
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = yaml.safe_load(storage.read_text(run_dir / "config.yaml"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return saved.get("seed") if isinstance(saved, dict) else None

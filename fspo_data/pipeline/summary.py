@@ -7,12 +7,12 @@ summary covers all of its shards, not only those computed in the last attempt.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from fspo_data.core import storage
 from fspo_data.core.config import JudgeConfig
 from fspo_data.core.model_config import Prices
 from fspo_data.core.shards import (
@@ -21,6 +21,7 @@ from fspo_data.core.shards import (
     committed_entries,
     scan_committed,
 )
+from fspo_data.core.storage import Location
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
 from fspo_data.pipeline.cost import RunDollars, counter_dollars, usd
 from fspo_data.pipeline.gold import GoldFigures
@@ -118,11 +119,12 @@ class RunSummary(BaseModel):
     )
 
 
-def write_summary(run_dir: Path, summary: RunSummary) -> None:
-    atomic_write_bytes(Path(run_dir) / "summary.json", summary.model_dump_json(indent=1).encode())
+def write_summary(run_dir: Location, summary: RunSummary) -> None:
+    path = storage.location(run_dir) / "summary.json"
+    atomic_write_bytes(path, summary.model_dump_json(indent=1).encode())
 
 
-def summarize_judgments(run_dir: Path, settings: JudgeConfig) -> dict[str, Consistency]:
+def summarize_judgments(run_dir: Location, settings: JudgeConfig) -> dict[str, Consistency]:
     """Label statistics from a streaming scan of the committed judge shards (no texts read)."""
     entries = committed_entries(run_dir, "judge")
     if not any(entry.rows for entry in entries.values()):

@@ -14,6 +14,7 @@ from pathlib import Path
 from fspo_data.backends import backend_problems
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError
+from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
 
@@ -125,7 +126,7 @@ def validate_placement(config: JobConfig, source: Path | str = "config") -> None
     _raise_first(resource_problems(config, ray.cluster_resources()), source)
 
 
-def load_job(path: Path | str, *, to_run_here: bool = False) -> JobConfig:
+def load_job(path: Location | str, *, to_run_here: bool = False) -> JobConfig:
     """A job config read, validated field by field, then checked against the data files and
     its backend; `to_run_here` (`fspo-data run`) also checks its engine pool against a local
     Ray, before Ray starts (`validate_placement` checks the rest once it is up)."""

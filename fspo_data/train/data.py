@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from fspo_data.core import storage
 from fspo_data.core.shards import final_episode_files
 
 if TYPE_CHECKING:
@@ -93,16 +94,23 @@ def fit_prompt(
 
 
 def load_episodes(source: str, split: str, hub_config: str | None = None) -> datasets.Dataset:
-    """Episodes of one split from a run directory's Parquet or a Hub dataset (id or folder)."""
+    """Episodes of one split from a run's Parquet (a folder, or s3://, gs://) or a Hub dataset
+    (id or folder)."""
     import datasets
+    import pyarrow as pa
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if Path(source).is_dir() and (Path(source) / "episodes").is_dir():
-        files = final_episode_files(Path(source), require_manifest=False)
+    run = storage.location(source)
+    if storage.exists(run / "episodes"):
+        files = final_episode_files(run, require_manifest=False)
         if not files:
-            raise FileNotFoundError(f"{Path(source) / 'episodes'}: no episode Parquet files")
-        every = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+            raise FileNotFoundError(f"{run / 'episodes'}: no episode Parquet files")
+        if isinstance(run, Path):
+            data_files = [str(f) for f in files]
+            every = datasets.load_dataset("parquet", data_files=data_files, split="train")
+        else:  # `datasets` reads object stores only through fsspec's s3fs or gcsfs
+            every = datasets.Dataset(pa.concat_tables(storage.read_parquet(f) for f in files))
         return every.filter(
             lambda splits: [s == split for s in splits], input_columns="split", batched=True
         )

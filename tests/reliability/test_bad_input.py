@@ -74,6 +74,11 @@ MALFORMED = {
         "counts.shots.elix: 'elix' is not in domains (roleplay)",
     ),
     "shots_not_a_number": ("run_dir: r\ncounts: {shots: {roleplay: yes}}\n", "shots.roleplay:"),
+    "run_dir_scheme": (
+        "run_dir: ftp://host/run\n",
+        "run_dir: unsupported scheme ftp:// (use s3://, gs:// or a local path)",
+    ),
+    "run_dir_no_bucket": ("run_dir: s3:///run\n", "run_dir: s3:///run: no bucket"),
     "domains_dir_missing": (
         "run_dir: r\ndomains_dir: no_such_folder\n",
         "domains_dir: no_such_folder is not a folder",

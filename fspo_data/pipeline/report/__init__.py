@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from fspo_data.core import storage
 from fspo_data.core.checks_config import ChecksConfig
 from fspo_data.core.config import JobConfig, JudgeConfig
-from fspo_data.core.shards import committed_files, scan_committed
+from fspo_data.core.shards import atomic_write_bytes, committed_files, make_dir, scan_committed
+from fspo_data.core.storage import Location
 from fspo_data.personas import diversity as dv
 from fspo_data.personas.embeddings import DEFAULT_EMBEDDER, TextEmbedder, make_embedder
 from fspo_data.pipeline.consistency import near_duplicate_labellers
@@ -71,8 +73,8 @@ _COLUMNS = {
 @dataclass(frozen=True)
 class ReportResult:
     report: DiversityReport
-    json_path: Path
-    html_path: Path
+    json_path: Location
+    html_path: Location
     summary: RunSummary  # the run summary given, with this report's figures and the verdicts
 
 
@@ -99,7 +101,7 @@ def add_diversity_to_summary(summary: RunSummary, config: JobConfig) -> RunSumma
 
 
 def build_report(
-    run_dir: Path,
+    run_dir: Location,
     embedder: TextEmbedder | None = None,
     sample_size: int = 2000,
     seed: int = 0,
@@ -120,7 +122,7 @@ def build_report(
     the report's own figures only) with this report's figures, against `checks` (default:
     the config's defaults) and the judge's gate.
     """
-    run_dir = Path(run_dir)
+    run_dir = storage.location(run_dir)
     timer = Timer()
     with timer("read"):
         personas, questions, responses, judgments = (_read(run_dir, s) for s in _COLUMNS)
@@ -202,20 +204,21 @@ def build_report(
     return _write(run_dir / "report", report, sections, summary)
 
 
-def _read(run_dir: Path, stage: str) -> pl.DataFrame | None:
+def _read(run_dir: Location, stage: str) -> pl.DataFrame | None:
     """The stage's committed shards (a hand-made folder with no manifest: all its Parquet)."""
     files = committed_files(run_dir, stage, require_manifest=False)
     if not files:
         return None
-    frame = pl.read_parquet(files, columns=_COLUMNS[stage])
+    frame = pl.read_parquet([storage.polars_source(f) for f in files], columns=_COLUMNS[stage])
     return frame if frame.height else None
 
 
 def _write(
-    out_dir: Path, report: DiversityReport, sections: list[html.Section], summary: RunSummary
+    out_dir: Location, report: DiversityReport, sections: list[html.Section], summary: RunSummary
 ) -> ReportResult:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     result = ReportResult(report, out_dir / "diversity.json", out_dir / "diversity.html", summary)
-    html.write_atomic(result.json_path, report.model_dump_json(indent=2))
-    html.write_atomic(result.html_path, html.page(report, sections, summary.verdicts))
+    atomic_write_bytes(result.json_path, report.model_dump_json(indent=2).encode())
+    page = html.page(report, sections, summary.verdicts)
+    atomic_write_bytes(result.html_path, page.encode())
     return result

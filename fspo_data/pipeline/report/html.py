@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fspo_data.pipeline.gold import GoldFigures
@@ -191,9 +190,3 @@ th{text-align:left;font-weight:normal;color:#555}td{text-align:right}img{max-wid
 {body}
 </body></html>
 """
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
