@@ -123,6 +123,7 @@ def test_the_journal_keeps_a_batch_from_being_submitted_twice(tmp_path) -> None:
 
     digest = hashlib.sha256(batch_file(server.model, requests)).hexdigest()
     journal = json.loads((tmp_path / f"{digest}.json").read_text())
+    assert journal.pop("progress").startswith("openai batch batch-0: completed, 3 of 3 requests")
     assert journal == {"batch_id": "batch-0", "input_file_id": "file-0"}
     assert creates == [digest] and uploads == 1
     assert [c.text for c in again] == [c.text for c in first] == texts(requests)
