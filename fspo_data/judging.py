@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -156,9 +156,9 @@ def judge_requests(
     return order_requests(messages, settings, seed)
 
 
-@dataclass(frozen=True)
-class PairToJudge:
-    """One user's pair (x, y) of answers to a question, judged in both orders with `seed`."""
+class PairToJudge(NamedTuple):
+    """One user's pair (x, y) of answers to a question, judged in both orders with `seed`.
+    A tuple: the judge makes one per judged pair and pass."""
 
     persona: str
     question: str
@@ -192,21 +192,11 @@ def judge_both_orders(
         for values in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
     ]
     order = sorted(range(len(prompts)), key=prompts.__getitem__)
-    # Messages are immutable: one object per distinct text (a user's description, a
-    # pair-order's question and responses) serves every request that repeats it.
-    shared: dict[tuple[str, str], ChatMessage] = {}
-
-    def message(role: str, content: str) -> ChatMessage:
-        key = (role, content)
-        if (found := shared.get(key)) is None:
-            found = shared[key] = ChatMessage(role=role, content=content)
-        return found
-
     requests = [
         request
         for prompt in order
         for request in order_requests(
-            [message(system, prompts[prompt][0]), message(user, prompts[prompt][1])],
+            [ChatMessage(system, prompts[prompt][0]), ChatMessage(user, prompts[prompt][1])],
             settings,
             pairs[prompt // 2].seed,
         )

@@ -3,53 +3,56 @@
 Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order.
 A backend never raises for a single bad completion: it returns `Completion(ok=False)`
 with a reason, and the stage drops and counts that record.
+
+The three types are slotted dataclasses, not pydantic models: a run makes one request and
+one completion per call, millions of them, and validating each cost more than the rest of
+the judge's work around the engine (README, "Measured: everything around the engine").
+Their values come from stages and backends, never from a user's file.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
     role: str
     content: str
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One call. Its sampling values come from the job's config, which checks their ranges
+    (`SamplingConfig`, `JudgeConfig`)."""
+
     messages: list[ChatMessage]
-    max_tokens: int = Field(gt=0)
-    temperature: float = Field(ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = Field(description="Per-request sampling seed, so a rerun reproduces the text.")
-    top_logprobs: int = Field(
-        default=0, ge=0, description="How many alternatives to return for the first token."
-    )
+    max_tokens: int
+    temperature: float
+    seed: int  # per-request sampling seed, so a rerun reproduces the text
+    top_p: float = 1.0
+    top_logprobs: int = 0  # how many alternatives to return for the first token
 
 
-class Completion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(slots=True)
+class Completion:
     text: str = ""
     ok: bool = True
     error: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
-    first_token_logprobs: dict[str, float] = Field(
-        default_factory=dict,
-        description="Decoded first-token alternatives (stripped) -> best log-probability.",
-    )
+    # Decoded first-token alternatives (stripped) -> best log-probability.
+    first_token_logprobs: dict[str, float] = field(default_factory=dict)
     retries: int = 0
-    finish_reason: str = Field(
-        default="",
-        description="Why generation ended: 'stop' (the model finished), 'length' (cut at "
-        "max_tokens), '' when the backend does not say.",
-    )
+    # Why generation ended: 'stop' (the model finished), 'length' (cut at max_tokens), ''
+    # when the backend does not say.
+    finish_reason: str = ""
 
     @property
     def truncated(self) -> bool:

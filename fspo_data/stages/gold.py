@@ -83,7 +83,7 @@ def gold_probes(inputs: ShardInputs, domain: DomainSpec, config: JobConfig) -> l
         if value not in eligible_of:
             eligible_of[value] = _eligible(inputs.pool, views, persona.traits, domain)
         eligible, fixed = eligible_of[value]
-        answers = [bool(a) for a in rng.integers(0, 2, size=len(eligible))] if stated else fixed
+        answers = rng.integers(0, 2, size=len(eligible)).astype(bool) if stated else fixed
         picks = rng.choice(len(eligible), size=min(count, len(eligible)), replace=False)
         for i in sorted(picks.tolist()):
             pair, answer_x = eligible[i], bool(answers[i])
