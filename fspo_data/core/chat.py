@@ -77,13 +77,35 @@ class BackendStats(BaseModel):
     )
 
     def add(self, completions: list[Completion], seconds: float) -> None:
+        totals = usage(completions)
         self.requests += len(completions)
-        self.failed += sum(not c.ok for c in completions)
-        self.retries += sum(c.retries for c in completions)
-        self.prompt_tokens += sum(c.prompt_tokens for c in completions)
-        self.completion_tokens += sum(c.completion_tokens for c in completions)
-        self.cached_prompt_tokens += sum(c.cached_prompt_tokens for c in completions)
+        self.failed += totals.failed
+        self.retries += totals.retries
+        self.prompt_tokens += totals.prompt_tokens
+        self.completion_tokens += totals.completion_tokens
+        self.cached_prompt_tokens += totals.cached_prompt_tokens
         self.generate_seconds += seconds
+
+
+@dataclass
+class Usage:
+    failed: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+def usage(completions: list[Completion]) -> Usage:
+    """What a batch of completions used and how many failed, in one pass over it."""
+    totals = Usage()
+    for c in completions:
+        totals.failed += not c.ok
+        totals.retries += c.retries
+        totals.prompt_tokens += c.prompt_tokens
+        totals.completion_tokens += c.completion_tokens
+        totals.cached_prompt_tokens += c.cached_prompt_tokens
+    return totals
 
 
 class LLMBackend(Protocol):
@@ -107,10 +129,11 @@ def complete_all(
     started = time.perf_counter()
     completions = backend.complete(requests)
     counters["engine_ms"] += round((time.perf_counter() - started) * 1000)
+    totals = usage(completions)
     counters[f"{what}_requests"] += len(requests)
-    counters[f"{what}_failed"] += sum(not c.ok for c in completions)
-    counters["prompt_tokens"] += sum(c.prompt_tokens for c in completions)
-    counters["completion_tokens"] += sum(c.completion_tokens for c in completions)
-    counters["cached_prompt_tokens"] += sum(c.cached_prompt_tokens for c in completions)
-    counters["retries"] += sum(c.retries for c in completions)
+    counters[f"{what}_failed"] += totals.failed
+    counters["prompt_tokens"] += totals.prompt_tokens
+    counters["completion_tokens"] += totals.completion_tokens
+    counters["cached_prompt_tokens"] += totals.cached_prompt_tokens
+    counters["retries"] += totals.retries
     return completions
