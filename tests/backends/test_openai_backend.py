@@ -193,9 +193,7 @@ def test_malformed_past_budget_fails_without_retrying_forever(
         completions = backend.complete(make_requests(2, top_logprobs=top_logprobs))
     assert server.counters.calls == 2 * 3
     for completion in completions:
-        assert completion == replace(
-            completion, ok=False, error=f"malformed: {reason}", retries=2
-        )
+        assert completion == replace(completion, ok=False, error=f"malformed: {reason}", retries=2)
         assert completion.text == "" and completion.first_token_logprobs == {}
     # Each retry asks for the next seed: a deterministic server would repeat the same answer.
     seeds = sorted(body["seed"] for body in server.counters.bodies)
