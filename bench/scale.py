@@ -37,7 +37,10 @@ import psutil
 from fspo_data.core.config import JobConfig
 from fspo_data.pipeline.orchestrator import init_ray, run_job
 
-NON_LLM = ("judge", "episodes", "report")
+# Everything a record passes after the generating stages: the gold pairs the gate reads, the
+# judge, episodes and the run's label statistics. persona_duplicates (one MinHash pass per
+# domain over its users, not its records) is printed with the stages but not counted.
+NON_LLM = ("gold", "judge", "episodes", "report")
 POLL_S = 0.2
 CORES = os.cpu_count() or 1
 
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def non_llm(result: dict) -> dict[str, float]:
-    """The judge, episodes and report, end to end: wall-clock rate, and the CPU-bound rate
+    """Gold, judge, episodes and report, end to end: wall-clock rate, and the CPU-bound rate
     (N over their CPU-seconds spread on all cores), with and without the benchmark double's
     own time (engine replicas run side by side, so wall time loses engine CPU / replicas)."""
     parts = [s for s in result["stages"] if s["stage"] in NON_LLM]
@@ -261,7 +264,7 @@ def render(result: dict) -> str:
     lines += [
         "",
         f"ray.init {result['ray_init_s']:.1f} s; run_job {result['run_wall_s']:.1f} s",
-        f"non-LLM path (judge + episodes + report): {path['wall_s']:.1f} s wall, "
+        f"non-LLM path (gold + judge + episodes + report): {path['wall_s']:.1f} s wall, "
         f"{path['rows_per_s']:,.0f} records/s ({path['rows_per_s_without_engine']:,.0f} without "
         f"the double's engine time); other work took {path['other_work_cpu_s']:.0f} of the "
         f"{path['wall_s'] * CORES:.0f} core-seconds",

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -59,24 +59,29 @@ LAYOUTS: dict[str, JudgeLayout] = {
 }
 
 
+JUDGE_VALUES = ("persona", "question", "response_a", "response_b")
+
+
 @cache
 def _judge_formats(layout: str) -> tuple[tuple[str, str], ...]:
-    """The layout's template as (role, `str.format` string) per message.
+    """The layout's template as (role, `str.format` string) per message, its fields the
+    positions of `JUDGE_VALUES`.
 
     Rendered once with marker values, then cut at the markers: filling a format string gives
     the bytes `render` gives (values are never rescanned) at a fraction of the cost, which
     matters at millions of prompts.
     """
-    names = ("persona", "question", "response_a", "response_b")
     template = LAYOUTS[layout].template
-    marked = render(template, **{name: f"\x00{name}\x00" for name in names})
+    marked = render(template, **{name: f"\x00{name}\x00" for name in JUDGE_VALUES})
     if [m.role for m in marked] != ["system", "user"]:
         raise ValueError(f"prompts/{template}.txt: expected a [system] and a [user] section")
     formats = []
     for message in marked:
         pieces = message.content.split("\x00")
         fmt = "".join(
-            f"{{{piece}}}" if i % 2 else piece.replace("{", "{{").replace("}", "}}")
+            f"{{{JUDGE_VALUES.index(piece)}}}"
+            if i % 2
+            else piece.replace("{", "{{").replace("}", "}}")
             for i, piece in enumerate(pieces)
         )
         formats.append((message.role, fmt))
@@ -87,14 +92,9 @@ def judge_messages(
     layout: str, persona: str, question: str, response_a: str, response_b: str
 ) -> list[ChatMessage]:
     """The judge prompt of `layout` for one order."""
-    values = {
-        "persona": persona,
-        "question": question,
-        "response_a": response_a,
-        "response_b": response_b,
-    }
     return [
-        ChatMessage(role=role, content=fmt.format(**values)) for role, fmt in _judge_formats(layout)
+        ChatMessage(role=role, content=fmt.format(persona, question, response_a, response_b))
+        for role, fmt in _judge_formats(layout)
     ]
 
 
@@ -156,27 +156,15 @@ def judge_requests(
     return order_requests(messages, settings, seed)
 
 
-@dataclass(frozen=True)
-class PairToJudge:
-    """One user's pair (x, y) of answers to a question, judged in both orders with `seed`."""
+class PairToJudge(NamedTuple):
+    """One user's pair (x, y) of answers to a question, judged in both orders with `seed`.
+    A tuple: the judge makes one per judged pair and pass."""
 
     persona: str
     question: str
     x: str
     y: str
     seed: int
-
-
-def prefix_order(prompts: Sequence[list[ChatMessage]]) -> list[int]:
-    """Indices of `prompts` sorted by their text.
-
-    Sorted prompts walk their prefix tree: all prompts that share a prefix are contiguous, so
-    a prefix is computed once and then served from the engine's cache while every prompt that
-    shares it runs, even when the engine cuts the requests into batches. With persona_first
-    that groups a user's calls; with pair_first, a pair-order's calls over users (and a
-    question's pairs together).
-    """
-    return sorted(range(len(prompts)), key=lambda i: [m.content for m in prompts[i]])
 
 
 def judge_both_orders(
@@ -189,20 +177,29 @@ def judge_both_orders(
     """(j,) margin_first (x in slot A) and (j,) margin_second (y in slot A) of j pairs, in
     the order given; NaN where an order gave no letter.
 
-    The requests reach the backend in `prefix_order`, whatever order the pairs come in, and
-    each completion is matched back to its pair and order by position.
+    The requests reach the backend sorted by their text, whatever order the pairs come in:
+    sorted prompts walk their prefix tree, so all prompts that share a prefix are contiguous
+    and the prefix is computed once, then served from the engine's cache while every prompt
+    that shares it runs, even when the engine cuts the requests into batches. With
+    persona_first that groups a user's calls; with pair_first, a pair-order's calls over
+    users (and a question's pairs together). Each completion is matched back to its pair and
+    order by position.
     """
-    layout = settings.layout
+    (system, system_format), (user, user_format) = _judge_formats(settings.layout)
     prompts = [
-        judge_messages(layout, p.persona, p.question, *slots)
+        (system_format.format(*values), user_format.format(*values))
         for p in pairs
-        for slots in ((p.x, p.y), (p.y, p.x))
+        for values in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
     ]
-    order = prefix_order(prompts)
+    order = sorted(range(len(prompts)), key=prompts.__getitem__)
     requests = [
         request
         for prompt in order
-        for request in order_requests(prompts[prompt], settings, pairs[prompt // 2].seed)
+        for request in order_requests(
+            [ChatMessage(system, prompts[prompt][0]), ChatMessage(user, prompts[prompt][1])],
+            settings,
+            pairs[prompt // 2].seed,
+        )
     ]
     completions = complete_all(backend, requests, counters, what)
     k = settings.samples_per_order

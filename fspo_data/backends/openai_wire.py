@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from typing import Any
 
 from fspo_data.core.chat import ChatRequest, Completion
@@ -21,7 +22,7 @@ def request_body(model: str, request: ChatRequest, seed: int) -> dict[str, Any]:
     """Keyword arguments of `chat.completions.create` for one request."""
     body: dict[str, Any] = {
         "model": model,
-        "messages": [message.model_dump() for message in request.messages],
+        "messages": [asdict(message) for message in request.messages],
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,

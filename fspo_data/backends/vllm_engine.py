@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from fspo_data.backends.embedded import model_problems, resolve_model_path
@@ -99,7 +100,7 @@ class VLLMBackend:
             )
             for r in requests
         ]
-        conversations = [[m.model_dump() for m in r.messages] for r in requests]
+        conversations = [[asdict(m) for m in r.messages] for r in requests]
         started = time.perf_counter()
         outputs = self._llm.chat(conversations, params, use_tqdm=False)
         completions = [_to_completion(out) for out in outputs]

@@ -4,35 +4,42 @@ Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same
 A backend never raises for a single bad completion: it returns a `Completion` with a
 `failure` kind and a reason. What happens next depends on the kind: a call that failed
 because the endpoint was unavailable is never dropped (the orchestrator leaves its shard
-uncommitted, pipeline/orchestrator.py `CallTally`); a refused request or a bad answer is
-dropped and counted by the stage.
+uncommitted, pipeline/tally.py `CallTally`); a refused request or a bad answer is dropped
+and counted by the stage.
+
+The three types are slotted dataclasses, not pydantic models: a run makes one request and
+one completion per call, millions of them, and validating each cost more than the rest of
+the judge's work around the engine (README, "Measured: everything around the engine").
+Their values come from stages and backends, never from a user's file.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
     role: str
     content: str
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One call. Its sampling values come from the job's config, which checks their ranges
+    (`SamplingConfig`, `JudgeConfig`)."""
+
     messages: list[ChatMessage]
-    max_tokens: int = Field(gt=0)
-    temperature: float = Field(ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = Field(description="Per-request sampling seed, so a rerun reproduces the text.")
-    top_logprobs: int = Field(
-        default=0, ge=0, description="How many alternatives to return for the first token."
-    )
+    max_tokens: int
+    temperature: float
+    seed: int  # per-request sampling seed, so a rerun reproduces the text
+    top_p: float = 1.0
+    top_logprobs: int = 0  # how many alternatives to return for the first token
 
 
 # Why a call failed for good, for code to act on ('' when it did not fail):
@@ -44,24 +51,20 @@ class ChatRequest(BaseModel):
 Failure = Literal["", "unavailable", "refused", "bad_output"]
 
 
-class Completion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(slots=True)
+class Completion:
     text: str = ""
     failure: Failure = ""
-    error: str = Field(default="", description="Why it failed, for people (one line).")
+    error: str = ""  # why it failed, for people (one line)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
-    first_token_logprobs: dict[str, float] = Field(
-        default_factory=dict,
-        description="Decoded first-token alternatives (stripped) -> best log-probability.",
-    )
+    # Decoded first-token alternatives (stripped) -> best log-probability.
+    first_token_logprobs: dict[str, float] = field(default_factory=dict)
     retries: int = 0
-    finish_reason: str = Field(
-        default="",
-        description="Why generation ended: 'stop' (the model finished), 'length' (cut at "
-        "max_tokens), '' when the backend does not say.",
-    )
+    # Why generation ended: 'stop' (the model finished), 'length' (cut at max_tokens), ''
+    # when the backend does not say.
+    finish_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -95,13 +98,35 @@ class BackendStats(BaseModel):
     )
 
     def add(self, completions: list[Completion], seconds: float) -> None:
+        totals = usage(completions)
         self.requests += len(completions)
-        self.failed += sum(not c.ok for c in completions)
-        self.retries += sum(c.retries for c in completions)
-        self.prompt_tokens += sum(c.prompt_tokens for c in completions)
-        self.completion_tokens += sum(c.completion_tokens for c in completions)
-        self.cached_prompt_tokens += sum(c.cached_prompt_tokens for c in completions)
+        self.failed += totals.failed
+        self.retries += totals.retries
+        self.prompt_tokens += totals.prompt_tokens
+        self.completion_tokens += totals.completion_tokens
+        self.cached_prompt_tokens += totals.cached_prompt_tokens
         self.generate_seconds += seconds
+
+
+@dataclass
+class Usage:
+    failed: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+def usage(completions: list[Completion]) -> Usage:
+    """What a batch of completions used and how many failed, in one pass over it."""
+    totals = Usage()
+    for c in completions:
+        totals.failed += not c.ok
+        totals.retries += c.retries
+        totals.prompt_tokens += c.prompt_tokens
+        totals.completion_tokens += c.completion_tokens
+        totals.cached_prompt_tokens += c.cached_prompt_tokens
+    return totals
 
 
 class LLMBackend(Protocol):
@@ -126,13 +151,13 @@ def complete_all(
     started = time.perf_counter()
     completions = backend.complete(requests)
     counters["engine_ms"] += round((time.perf_counter() - started) * 1000)
+    totals = usage(completions)
     counters[f"{what}_requests"] += len(requests)
-    failures = Counter(c.failure for c in completions if c.failure)
-    counters[f"{what}_failed"] += failures.total()
-    for failure, n in failures.items():
+    counters[f"{what}_failed"] += totals.failed
+    for failure, n in Counter(c.failure for c in completions if c.failure).items():
         counters[f"{what}_failed_{failure}"] += n
-    counters["prompt_tokens"] += sum(c.prompt_tokens for c in completions)
-    counters["completion_tokens"] += sum(c.completion_tokens for c in completions)
-    counters["cached_prompt_tokens"] += sum(c.cached_prompt_tokens for c in completions)
-    counters["retries"] += sum(c.retries for c in completions)
+    counters["prompt_tokens"] += totals.prompt_tokens
+    counters["completion_tokens"] += totals.completion_tokens
+    counters["cached_prompt_tokens"] += totals.cached_prompt_tokens
+    counters["retries"] += totals.retries
     return completions

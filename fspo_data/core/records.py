@@ -17,18 +17,30 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 
+def id_key(*parts: object) -> bytes:
+    """The bytes `stable_id` hashes for `parts`. Keys concatenate: `id_key(a) + id_key(b)` is
+    `id_key(a, b)`, so a column of ids that share leading parts encodes them once."""
+    return b"".join(repr(part).encode() + b"\x1f" for part in parts)
+
+
+def id_of(key: bytes) -> str:
+    """The `stable_id` of an `id_key`."""
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+def seed_of(key: bytes) -> int:
+    """The `derived_seed` of an `id_key`."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % (2**31 - 1)
+
+
 def stable_id(*parts: object) -> str:
     """A 16-hex-digit id from the parts that define a record (order matters)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        digest.update(repr(part).encode())
-        digest.update(b"\x1f")
-    return digest.hexdigest()
+    return id_of(id_key(*parts))
 
 
 def derived_seed(*parts: object) -> int:
     """A 31-bit seed derived like `stable_id`, for per-record sampling."""
-    return int(stable_id(*parts), 16) % (2**31 - 1)
+    return seed_of(id_key(*parts))
 
 
 _SCALARS: dict[type, pa.DataType] = {

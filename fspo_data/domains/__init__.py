@@ -142,11 +142,16 @@ class DomainSpec(DomainFile):
         level = next((t.value for t in traits if t.name == trait), None)
         return "easy" if level in (view_x, view_y) else "hard"
 
+    def gold_trait_value(self, traits: list[Trait]) -> str | None:
+        """The user's value of the trait the gold rule compares views with: all a user's
+        gold pairs depend on under a trait rule."""
+        return next((t.value for t in traits if t.name == self.gold.trait), None)
+
     def gold_answer(self, traits: list[Trait], view_x: str, view_y: str) -> bool | None:
         """Whether x is the right answer of a gold pair for a user with `traits` under a trait
         rule (`gold.rule`); None where the pair is no gold pair for that user."""
         gold = self.gold
-        value = next((t.value for t in traits if t.name == gold.trait), None)
+        value = self.gold_trait_value(traits)
         if value is None or gold.rule == "stated_preference":
             return None
         if gold.rule == "shared_parts":

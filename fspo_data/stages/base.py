@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
@@ -247,7 +247,7 @@ def complete_whole(
             continue
         budget = min(math.ceil(request.max_tokens * factor), context - completion.prompt_tokens)
         if budget > request.max_tokens:
-            retries[i] = request.model_copy(update={"max_tokens": budget})
+            retries[i] = replace(request, max_tokens=budget)
         else:
             completions[i] = _dropped_truncated(completion, counters, what)
     if not retries:
@@ -263,7 +263,7 @@ def complete_whole(
 
 def _dropped_truncated(completion: Completion, counters: Counter[str], what: str) -> Completion:
     counters[f"{what}_dropped_truncated"] += 1
-    return completion.model_copy(update={"failure": "bad_output", "error": "cut at max_tokens"})
+    return replace(completion, failure="bad_output", error="cut at max_tokens")
 
 
 def records_from_table(table: pa.Table, record_type: type[R]) -> list[R]:

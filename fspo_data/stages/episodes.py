@@ -63,11 +63,11 @@ def window_episode(window: np.ndarray, questions: np.ndarray, split: str) -> Pla
     last pair when it can be, as before). None when every question occurs twice or more.
 
     questions: (k,) a question code per pair of the user, indexed by the positions."""
-    codes = questions[window]
-    alone = [i for i in range(len(window) - 1, -1, -1) if (codes == codes[i]).sum() == 1]
-    if not alone:
+    codes = questions[window].tolist()
+    times = Counter(codes)
+    query = next((i for i in range(len(codes) - 1, -1, -1) if times[codes[i]] == 1), None)
+    if query is None:
         return None
-    query = alone[0]
     return PlannedEpisode(split, int(window[query]), np.delete(window, query).tolist())
 
 

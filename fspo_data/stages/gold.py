@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import GoldJudgment, RecordTable, derived_seed, stable_id
+from fspo_data.core.records import GoldJudgment, RecordTable, Trait, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import LAYOUTS, PairToJudge, judge_both_orders, judge_requests, reconcile_all
 from fspo_data.stages.base import (
@@ -67,30 +67,49 @@ class GoldProbe:
 
 
 def gold_probes(inputs: ShardInputs, domain: DomainSpec, config: JobConfig) -> list[GoldProbe]:
-    """Up to `gold_pairs_per_user` gold pairs per user, drawn with a seed of their own."""
+    """Up to `gold_pairs_per_user` gold pairs per user, drawn with a seed of their own.
+
+    Which pairs qualify depends on the user only through the gold trait's value (and not at
+    all under the stated rule), so each value's eligible pairs are found once per shard.
+    """
     count = config.stages.judge.gold_pairs_per_user
+    stated = domain.gold.rule == "stated_preference"
+    views = [inputs.views(p) for p in inputs.pool]
+    eligible_of: dict[str | None, tuple[list[CandidatePair], list[bool | None]]] = {}
     probes = []
     for persona in inputs.personas:
         rng = np.random.default_rng(derived_seed("gold", config.seed, persona.persona_uuid))
-        if domain.gold.rule == "stated_preference":
-            eligible = [p for p in inputs.pool if len(set(inputs.views(p))) == 2]
-            answers = [bool(a) for a in rng.integers(0, 2, size=len(eligible))]
-        else:
-            answered = [
-                (p, domain.gold_answer(persona.traits, *inputs.views(p))) for p in inputs.pool
-            ]
-            eligible = [p for p, answer in answered if answer is not None]
-            answers = [answer for _, answer in answered if answer is not None]
+        value = None if stated else domain.gold_trait_value(persona.traits)
+        if value not in eligible_of:
+            eligible_of[value] = _eligible(inputs.pool, views, persona.traits, domain)
+        eligible, fixed = eligible_of[value]
+        answers = rng.integers(0, 2, size=len(eligible)).astype(bool) if stated else fixed
         picks = rng.choice(len(eligible), size=min(count, len(eligible)), replace=False)
         for i in sorted(picks.tolist()):
-            pair, answer_x = eligible[i], answers[i]
+            pair, answer_x = eligible[i], bool(answers[i])
             description = persona.persona_description
-            if domain.gold.rule == "stated_preference":
+            if stated:
                 view_x, view_y = inputs.views(pair)
                 better, worse = (view_x, view_y) if answer_x else (view_y, view_x)
                 description += "\n" + domain.state_preference(better, worse)
             probes.append(GoldProbe(persona.persona_uuid, pair, description, answer_x))
     return probes
+
+
+def _eligible(
+    pool: list[CandidatePair],
+    views: list[tuple[str, str]],
+    traits: list[Trait],
+    domain: DomainSpec,
+) -> tuple[list[CandidatePair], list[bool | None]]:
+    """The pool's gold pairs for a user with `traits`, and their answers under a trait rule
+    (None under the stated rule, whose answers are drawn per user)."""
+    if domain.gold.rule == "stated_preference":
+        eligible = [p for p, (x, y) in zip(pool, views, strict=True) if x != y]
+        return eligible, [None] * len(eligible)
+    answered = [(p, domain.gold_answer(traits, *v)) for p, v in zip(pool, views, strict=True)]
+    kept = [(p, answer) for p, answer in answered if answer is not None]
+    return [p for p, _ in kept], [answer for _, answer in kept]
 
 
 def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:

@@ -19,12 +19,7 @@ import pyarrow as pa
 
 from fspo_data.core.chat import LLMBackend
 from fspo_data.core.config import JobConfig, JudgeConfig
-from fspo_data.core.records import (
-    Judgment,
-    RecordTable,
-    derived_seed,
-    stable_id,
-)
+from fspo_data.core.records import Judgment, RecordTable, id_key, id_of, seed_of
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
     LAYOUTS,
@@ -70,22 +65,51 @@ class Margins:
 
 
 @dataclass
+class Pool:
+    """The shard's pair pool column by column: what each judged pair reads by its position,
+    and the id keys (`records.id_key`) its seed and judgment id are hashed from."""
+
+    pairs: list[CandidatePair]
+    questions: list[str]
+    texts: list[tuple[str, str]]  # x, y
+    views: list[tuple[str, str]]
+    seed_keys: list[bytes]  # of the pair, for derived_seed("judge", user, pair)
+    id_keys: list[bytes]  # of (x, y), for stable_id("judgment", user, x, y)
+
+    @classmethod
+    def of(cls, inputs: ShardInputs) -> Pool:
+        pairs = inputs.pool
+        return cls(
+            pairs=pairs,
+            questions=[inputs.questions[p.question_uuid] for p in pairs],
+            texts=[inputs.texts(p) for p in pairs],
+            views=[inputs.views(p) for p in pairs],
+            seed_keys=[id_key(p) for p in pairs],
+            id_keys=[id_key(p.x, p.y) for p in pairs],
+        )
+
+
+@dataclass
 class Jobs:
-    """(j,) the (user, pair) judgments of a shard, user by user, with what their requests keep
-    across passes: the sampling seed and the pair's texts (refinement changes only the
+    """(j,) the (user, pair) judgments of a shard, user by user: the user, the pair's position
+    in the pool, and the sampling seed every pass over it keeps (refinement changes only the
     user's description)."""
 
     users: list[str]
-    pairs: list[CandidatePair]
+    pairs: list[int]
     seeds: list[int]
-    texts: list[tuple[str, str, str]]  # question, x, y
 
     @classmethod
-    def build(cls, assigned: list[tuple[str, CandidatePair]], inputs: ShardInputs) -> Jobs:
-        users, pairs = [u for u, _ in assigned], [p for _, p in assigned]
-        seeds = [derived_seed("judge", u, p) for u, p in assigned]
-        texts = [(inputs.questions[p.question_uuid], *inputs.texts(p)) for p in pairs]
-        return cls(users=users, pairs=pairs, seeds=seeds, texts=texts)
+    def assign(cls, inputs: ShardInputs, pool: Pool, config: JobConfig) -> Jobs:
+        users, pairs, seeds = [], [], []
+        for persona in inputs.personas:
+            user = persona.persona_uuid
+            drawn = assign_pairs(user, len(pool.pairs), config.counts.pairs_per_user, config.seed)
+            key = id_key("judge", user)
+            users += [user] * len(drawn)
+            pairs += drawn
+            seeds += [seed_of(key + pool.seed_keys[i]) for i in drawn]
+        return cls(users=users, pairs=pairs, seeds=seeds)
 
     def take(self, rows: list[int]) -> Jobs:
         return Jobs(**{f.name: [getattr(self, f.name)[r] for r in rows] for f in fields(self)})
@@ -94,21 +118,24 @@ class Jobs:
 def judge_pass(
     backend: LLMBackend,
     settings: JudgeConfig,
+    pool: Pool,
     jobs: Jobs,
     descriptions: dict[str, str],
     counters: Counter[str],
 ) -> Margins:
-    """Both orders of every job, judged with the user's current description; the requests go
-    in the layout's prefix order (`judging.prefix_order`), the margins come back in job order."""
+    """Both orders of every job, judged with the user's current description; the margins
+    come back in job order."""
+    questions, texts = pool.questions, pool.texts
     pairs = [
-        PairToJudge(descriptions[user], *texts, seed)
-        for user, texts, seed in zip(jobs.users, jobs.texts, jobs.seeds, strict=True)
+        PairToJudge(descriptions[user], questions[pair], *texts[pair], seed)
+        for user, pair, seed in zip(jobs.users, jobs.pairs, jobs.seeds, strict=True)
     ]
     return Margins(*judge_both_orders(backend, pairs, settings, counters, "judge"))
 
 
 def refine(
     inputs: ShardInputs,
+    pool: Pool,
     jobs: Jobs,
     margins: Margins,
     ctx: StageContext,
@@ -126,7 +153,7 @@ def refine(
         lean = margins.lean().tolist()
         changed = []
         for user, rows in rows_of.items():
-            unsettled = [(*inputs.views(jobs.pairs[r]), lean[r]) for r in rows if not settled[r]]
+            unsettled = [(*pool.views[jobs.pairs[r]], lean[r]) for r in rows if not settled[r]]
             statements = choose_stated_preferences(
                 descriptions[user], unsettled, domain, settings.stated_preferences_per_round
             )
@@ -139,7 +166,7 @@ def refine(
         counters["refine_rounds_run"] += 1
         counters["users_refined"] += len(changed)
         rows = [row for user in changed for row in rows_of[user]]
-        relabelled = judge_pass(ctx.llm(), settings, jobs.take(rows), descriptions, counters)
+        relabelled = judge_pass(ctx.llm(), settings, pool, jobs.take(rows), descriptions, counters)
         margins.first[rows], margins.second[rows] = relabelled.first, relabelled.second
     return descriptions
 
@@ -161,6 +188,7 @@ ID_COLUMNS = (
 
 
 def judgment_table(
+    pool: Pool,
     jobs: Jobs,
     margins: Margins,
     initial_lean: np.ndarray,
@@ -176,12 +204,14 @@ def judgment_table(
     """
     rows = np.flatnonzero(verdicts.drop_reason != "no_verdict")
     judged = jobs.take(rows.tolist())
-    users, pairs = judged.users, judged.pairs
+    users, pairs = judged.users, [pool.pairs[i] for i in judged.pairs]
     personas = {p.persona_uuid: p for p in inputs.personas}
+    user_keys = {user: id_key("judgment", user) for user in personas}
     frame = pl.DataFrame(
         {
             "judgment_uuid": [
-                stable_id("judgment", u, p.x, p.y) for u, p in zip(users, pairs, strict=True)
+                id_of(user_keys[u] + pool.id_keys[i])
+                for u, i in zip(users, judged.pairs, strict=True)
             ],
             "persona_uuid": users,
             "question_uuid": [p.question_uuid for p in pairs],
@@ -208,9 +238,9 @@ def judgment_table(
     )
     texts = pl.DataFrame(
         {
-            "uuid": list(inputs.responses),
-            "text": [r.response for r in inputs.responses.values()],
-            "view": [r.view for r in inputs.responses.values()],
+            "uuid": list(inputs.text_of),
+            "text": list(inputs.text_of.values()),
+            "view": [inputs.view_of[uuid] for uuid in inputs.text_of],
         }
     )
     questions = pl.DataFrame(
@@ -232,8 +262,8 @@ def judgment_table(
     difficulty = [""] * frame.height
     if domain.responses.view_matches_trait:
         difficulty = [
-            domain.pair_difficulty(personas[u].traits, *inputs.views(p))
-            for u, p in zip(users, pairs, strict=True)
+            domain.pair_difficulty(personas[u].traits, *pool.views[i])
+            for u, i in zip(users, judged.pairs, strict=True)
         ]
     frame = frame.with_columns(difficulty=pl.Series(difficulty, dtype=pl.String))
     schema = Judgment.arrow_schema()
@@ -253,21 +283,17 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     if not inputs.pool:
         counters["judge_no_pairs"] += 1
         return ShardOutput(records=[], counters=counters)
-    assigned = [
-        (p.persona_uuid, pair)
-        for p in inputs.personas
-        for pair in assign_pairs(
-            p.persona_uuid, inputs.pool, config.counts.pairs_per_user, config.seed
-        )
-    ]
-    jobs = Jobs.build(assigned, inputs)
+    pool = Pool.of(inputs)
+    jobs = Jobs.assign(inputs, pool, config)
     descriptions = {p.persona_uuid: p.persona_description for p in inputs.personas}
-    margins = judge_pass(ctx.llm(), settings, jobs, descriptions, counters)
+    margins = judge_pass(ctx.llm(), settings, pool, jobs, descriptions, counters)
     initial_lean = margins.lean()
-    descriptions = refine(inputs, jobs, margins, ctx, domain, counters)
+    descriptions = refine(inputs, pool, jobs, margins, ctx, domain, counters)
     verdicts = reconcile_all(margins.first, margins.second, settings)
     count_verdicts(verdicts, counters)
-    table = judgment_table(jobs, margins, initial_lean, descriptions, inputs, domain, verdicts)
+    table = judgment_table(
+        pool, jobs, margins, initial_lean, descriptions, inputs, domain, verdicts
+    )
     return ShardOutput(records=RecordTable(table, Judgment), counters=counters)
 
 

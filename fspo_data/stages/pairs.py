@@ -4,12 +4,15 @@ and gold stages both read, so a gold pair comes from the same pool a user's labe
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import Persona, Question, Response, derived_seed
+from fspo_data.core.records import Persona, derived_seed
 from fspo_data.stages.base import Inputs, ShardSpec, StageInput, records_from_table
 
 # What a stage over a shard's users and its domain's pair pool reads: its users shard by shard,
@@ -28,11 +31,14 @@ class CandidatePair:
     y: str
 
 
-def candidate_pairs(responses: list[Response]) -> list[CandidatePair]:
-    """All unordered pairs of candidates per question, x < y by id, in a stable order."""
+def candidate_pairs(
+    question_uuids: Sequence[str], response_uuids: Sequence[str]
+) -> list[CandidatePair]:
+    """All unordered pairs of candidates per question (the i-th response answers the i-th
+    question id), x < y by id, in a stable order."""
     by_question: dict[str, list[str]] = {}
-    for r in responses:
-        by_question.setdefault(r.question_uuid, []).append(r.response_uuid)
+    for question, response in zip(question_uuids, response_uuids, strict=True):
+        by_question.setdefault(question, []).append(response)
     return [
         CandidatePair(q, x, y)
         for q in sorted(by_question)
@@ -40,44 +46,55 @@ def candidate_pairs(responses: list[Response]) -> list[CandidatePair]:
     ]
 
 
-def assign_pairs(
-    persona_uuid: str, pool: list[CandidatePair], count: int, seed: int
-) -> list[CandidatePair]:
-    """A seeded sample of `count` pairs (all of them if the pool is smaller) for one user.
+def assign_pairs(persona_uuid: str, pool_size: int, count: int, seed: int) -> list[int]:
+    """A seeded sample of `count` of the pool's pairs (all of them if the pool is smaller) for
+    one user, as sorted positions in the pool.
 
     Users draw from the same pool, so the same pair is labelled by many users.
     """
     rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
-    picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
-    return [pool[i] for i in sorted(picks)]
+    return np.sort(rng.choice(pool_size, size=min(count, pool_size), replace=False)).tolist()
 
 
 @dataclass
 class ShardInputs:
+    """A shard's users (records: a few hundred) and its domain's questions, candidates and
+    pair pool, held as plain columns and dicts: the judge reads them once per judged pair."""
+
     personas: list[Persona]
-    questions: dict[str, str]
-    responses: dict[str, Response]
+    questions: dict[str, str]  # question_uuid -> question
+    view_of: dict[str, str]  # response_uuid -> its view
+    text_of: dict[str, str]  # response_uuid -> its text
     pool: list[CandidatePair]
 
     def views(self, pair: CandidatePair) -> tuple[str, str]:
-        return self.responses[pair.x].view, self.responses[pair.y].view
+        return self.view_of[pair.x], self.view_of[pair.y]
 
     def texts(self, pair: CandidatePair) -> tuple[str, str]:
-        return self.responses[pair.x].response, self.responses[pair.y].response
+        return self.text_of[pair.x], self.text_of[pair.y]
 
 
 def shard_inputs(spec: ShardSpec, inputs: Inputs, config: JobConfig) -> ShardInputs:
     """The shard's users, and the domain's questions, candidates and shared pair pool."""
     personas = records_from_table(inputs["personas"], Persona)
-    questions = {
-        q.question_uuid: q.question for q in records_from_table(inputs["questions"], Question)
-    }
-    responses = [
-        r for r in records_from_table(inputs["responses"], Response) if r.question_uuid in questions
-    ]
-    pool = candidate_pairs(responses)
+    questions = _column_dict(inputs["questions"], "question_uuid", "question")
+    responses = inputs["responses"].filter(
+        pc.is_in(inputs["responses"]["question_uuid"], pa.array(list(questions), pa.string()))
+    )
+    ids = responses["response_uuid"].to_pylist()
+    pool = candidate_pairs(responses["question_uuid"].to_pylist(), ids)
     limit = config.counts.pool_pairs
     if limit is not None and limit < len(pool):
         rng = np.random.default_rng(derived_seed("pool", config.seed, spec.domain))
         pool = [pool[i] for i in sorted(rng.choice(len(pool), size=limit, replace=False))]
-    return ShardInputs(personas, questions, {r.response_uuid: r for r in responses}, pool)
+    return ShardInputs(
+        personas,
+        questions,
+        _column_dict(responses, "response_uuid", "view"),
+        _column_dict(responses, "response_uuid", "response"),
+        pool,
+    )
+
+
+def _column_dict(table: pa.Table, key: str, value: str) -> dict[str, str]:
+    return dict(zip(table[key].to_pylist(), table[value].to_pylist(), strict=True))

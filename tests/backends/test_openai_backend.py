@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -68,7 +69,7 @@ def make_backend(server: FakeOpenAIServer, **overrides: object) -> OpenAIBackend
 
 def request_payload(request: ChatRequest, seed: int | None = None) -> dict[str, object]:
     return {
-        "messages": [m.model_dump() for m in request.messages],
+        "messages": [asdict(m) for m in request.messages],
         "seed": request.seed if seed is None else seed,
     }
 
@@ -217,8 +218,8 @@ def test_malformed_past_budget_fails_without_retrying_forever(
         completions = backend.complete(make_requests(2, top_logprobs=top_logprobs))
     assert server.counters.calls == 2 * 3
     for completion in completions:
-        assert completion == completion.model_copy(
-            update={"failure": "bad_output", "error": f"malformed: {reason}", "retries": 2}
+        assert completion == replace(
+            completion, failure="bad_output", error=f"malformed: {reason}", retries=2
         )
         assert completion.text == "" and completion.first_token_logprobs == {}
     # Each retry asks for the next seed: a deterministic server would repeat the same answer.

@@ -13,6 +13,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from string import Template
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -104,7 +105,7 @@ def hostile_model(messages: list[dict[str, Any]], seed: int, max_tokens: int) ->
 
 
 def scripted(request: ChatRequest) -> Completion:
-    messages = [m.model_dump() for m in request.messages]
+    messages = [asdict(m) for m in request.messages]
     return Completion(text=hostile_model(messages, request.seed, request.max_tokens))
 
 

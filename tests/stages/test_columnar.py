@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -9,12 +10,27 @@ from fspo_data import judging
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.fspo_format import format_prompt
-from fspo_data.core.records import Episode, Judgment, Persona, RecordTable, to_table
+from fspo_data.core.records import (
+    Episode,
+    Judgment,
+    Persona,
+    RecordTable,
+    derived_seed,
+    id_key,
+    id_of,
+    seed_of,
+    stable_id,
+    to_table,
+)
+from fspo_data.domains import load_domain
 from fspo_data.prompts import render
-from fspo_data.stages import episodes, judge, plan_shards
+from fspo_data.stages import episodes, gold, judge, plan_shards
 from fspo_data.stages.base import StageContext
+from fspo_data.stages.pairs import CandidatePair, shard_inputs
 from tests.conftest import ScriptedBackend
 from tests.stages.test_episodes import _judgment, _persona
+from tests.stages.test_gold import config as gold_config
+from tests.stages.test_gold import shard as gold_shard
 from tests.stages.test_judge import _views_run
 
 
@@ -111,3 +127,60 @@ def test_record_table_reads_like_a_list_and_checks_its_schema():
         RecordTable(to_table(people, Persona).drop_columns(["index"]), Persona)
     with pytest.raises(ValueError):
         to_table(rows, Judgment)
+
+
+def test_id_keys_concatenate_into_the_ids_and_seeds_of_all_the_parts():
+    pair = CandidatePair("q", "x", "y")
+    for parts in [("judge", "u1", pair), ("judgment", "u1", "x", "y"), ("é", None, 2.5)]:
+        for cut in range(len(parts) + 1):
+            key = id_key(*parts[:cut]) + id_key(*parts[cut:])
+            assert id_of(key) == stable_id(*parts)
+            assert seed_of(key) == derived_seed(*parts)
+
+
+def test_judge_ids_and_seeds_are_the_row_by_row_ones(tmp_path):
+    """Each judgment's id is stable_id("judgment", user, x, y), and each pass asks for every
+    (user, pair) with derived_seed("judge", user, pair), what they were before the judge
+    hashed ids from shared keys."""
+    output, backend, config, inputs = _views_run(tmp_path, refine_rounds=1)
+    records = list(output.records)
+    assert records
+    for r in records:
+        assert r.judgment_uuid == stable_id("judgment", r.persona_uuid, r.response_x_uuid,
+                                            r.response_y_uuid)  # fmt: skip
+    seeds = {
+        derived_seed(
+            "judge",
+            r.persona_uuid,
+            CandidatePair(r.question_uuid, r.response_x_uuid, r.response_y_uuid),
+        )  # fmt: skip
+        for r in records
+    }
+    first_pass = backend.requests[: 2 * len(records)]
+    assert {request.seed for request in first_pass} == seeds
+
+
+@pytest.mark.parametrize("domain", ["review", "elix", "roleplay"])
+def test_gold_probes_are_the_user_by_user_ones(domain):
+    """Eligible pairs are found once per gold-trait value; the probes are those of the
+    definition that asks every user about every pool pair."""
+    spec, tables_in = gold_shard(domain)
+    job = gold_config(per_user=3)
+    inputs = shard_inputs(spec, tables_in, job)
+    spec_domain = load_domain(domain)
+    expected = []
+    for persona in inputs.personas:
+        rng = np.random.default_rng(derived_seed("gold", job.seed, persona.persona_uuid))
+        if spec_domain.gold.rule == "stated_preference":
+            eligible = [p for p in inputs.pool if len(set(inputs.views(p))) == 2]
+            answers = [bool(a) for a in rng.integers(0, 2, size=len(eligible))]
+        else:
+            answered = [(p, spec_domain.gold_answer(persona.traits, *inputs.views(p)))
+                        for p in inputs.pool]  # fmt: skip
+            eligible = [p for p, a in answered if a is not None]
+            answers = [a for _, a in answered if a is not None]
+        picks = rng.choice(len(eligible), size=min(3, len(eligible)), replace=False)
+        expected += [(persona.persona_uuid, eligible[i], answers[i]) for i in sorted(picks)]
+    probes = gold.gold_probes(inputs, spec_domain, job)
+    assert [(p.persona_uuid, p.pair, p.answer_x) for p in probes] == expected
+    assert expected

@@ -1,5 +1,7 @@
 """The pure parts of the generating stages: prompts in, records out, no model."""
 
+from dataclasses import replace
+
 from fspo_data.core.chat import Completion
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question
@@ -78,7 +80,7 @@ def test_short_contradicting_and_duplicate_descriptions_are_regenerated(tmp_path
         user = next(i for i in range(4) if personas.describe_traits(traits[i]) in prompt)
         attempt = asked.get(user, 0)
         asked[user] = attempt + 1
-        return echo_text(request).model_copy(update={"text": answers[user][attempt]})
+        return replace(echo_text(request), text=answers[user][attempt])
 
     spec = ShardSpec(stage="personas", domain="roleplay", index=0, start=0, stop=4)
     output = personas.run(spec, {}, StageContext(config=config, backend=ScriptedBackend(script)))

@@ -101,12 +101,15 @@ def _responses(n_questions: int, per_question: int) -> list[Response]:
 
 
 def test_candidate_pairs_and_assignment_are_stable():
-    pool = pairs.candidate_pairs(_responses(3, 3))
+    responses = _responses(3, 3)
+    pool = pairs.candidate_pairs(
+        [r.question_uuid for r in responses], [r.response_uuid for r in responses]
+    )
     assert len(pool) == 9 and all(p.x < p.y for p in pool)
-    first = pairs.assign_pairs("user-1", pool, 4, seed=0)
-    assert first == pairs.assign_pairs("user-1", pool, 4, seed=0)
-    assert len(set(first)) == 4
-    assert len(pairs.assign_pairs("user-1", pool, 50, seed=0)) == 9
+    first = pairs.assign_pairs("user-1", len(pool), 4, seed=0)
+    assert first == pairs.assign_pairs("user-1", len(pool), 4, seed=0)
+    assert len(set(first)) == 4 and first == sorted(first)
+    assert pairs.assign_pairs("user-1", len(pool), 50, seed=0) == list(range(9))
 
 
 def biased_judge_preferring_good(request: ChatRequest) -> Completion:

@@ -1,6 +1,8 @@
 """Texts cut at max_tokens are asked once more with a larger budget, or dropped and counted:
 no stage writes a cut text as if whole."""
 
+from dataclasses import replace
+
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.stages import personas, questions, responses
@@ -15,8 +17,8 @@ def cut_unless(enough_tokens: int):
     def script(request: ChatRequest) -> Completion:
         whole = echo_text(request)
         if request.max_tokens >= enough_tokens:
-            return whole.model_copy(update={"finish_reason": "stop"})
-        return whole.model_copy(update={"text": whole.text[:9], "finish_reason": "length"})
+            return replace(whole, finish_reason="stop")
+        return replace(whole, text=whole.text[:9], finish_reason="length")
 
     return script
 
@@ -65,7 +67,7 @@ def test_the_larger_budget_is_capped_by_the_context_length(tmp_path):
     )
 
     def script(request: ChatRequest) -> Completion:
-        return cut_unless(10**6)(request).model_copy(update={"prompt_tokens": 20})
+        return replace(cut_unless(10**6)(request), prompt_tokens=20)
 
     _, backend = responses_run(config, script)
     # 64 tokens x 3 = 192 > 100 - 20 prompt tokens: the retry asks for 80.
