@@ -2,7 +2,7 @@
 
 A slot is one place on a replica (`SHARDS_IN_FLIGHT_PER_REPLICA` per replica): a finished
 shard's slot gets the next shard in the queue, so a slow replica takes fewer shards and delays
-only its own. Near the end of the queue a slot waits instead when the replicas now busy,
+only those it holds. Near the end of the queue a slot waits instead when the replicas now busy,
 each at the pace of its last shard, would finish every shard left before it finished one:
 the last shards go to the fast replicas, not to a straggler. A replica that dies (its node
 lost, its process killed) loses its shards in flight: they go back to the front of the queue
@@ -24,11 +24,10 @@ import ray
 from fspo_data.core.shards import ShardEntry
 from fspo_data.stages.base import ShardSpec
 
-# Shards an engine replica holds at once. One: a second queued behind it would wait on a
-# straggler instead of going to the next free replica, to save the engine a round trip to
-# the driver (milliseconds, against minutes of a shard); and a guard stops the run close to
-# where it says.
-SHARDS_IN_FLIGHT_PER_REPLICA = 1
+# Shards an engine replica holds at once: one computing, one queued behind it so the engine
+# never waits on the driver; few enough that a guard stops the run close to where it says
+# (the budget guard reserves for the shards in flight), and that a straggler holds only these.
+SHARDS_IN_FLIGHT_PER_REPLICA = 2
 
 
 class ReplicasLost(RuntimeError):

@@ -18,7 +18,7 @@ prompts, model) changed, or if a group of upstream shards it read now has anothe
 A shard whose every model call failed is not committed: that says the engine or endpoint is
 down, not that the rows are bad. The run stops with `RunStopped`, keeping what is committed.
 So it does when a guard (`Guard`, e.g. the budget cap of pipeline/budget.py) says so before a
-shard is dispatched: LLM shards go out one per replica at a time (pipeline/dispatch.py).
+shard is dispatched: LLM shards go out two per replica at a time (pipeline/dispatch.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Dynamic dispatch (pipeline/dispatch.py): a free replica takes the next shard, so a straggler
-delays only its own shard, and a lost replica's shard goes back to the queue instead of
+delays only the shards it holds, and a lost replica's shard goes back to the queue instead of
 waiting for that replica's restart.
 
 The replicas are `GatedReplica` actors on the instant double that hold a shard until the
@@ -16,6 +16,7 @@ import ray
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.shards import load_manifest
+from fspo_data.pipeline.dispatch import SHARDS_IN_FLIGHT_PER_REPLICA
 from fspo_data.pipeline.orchestrator import ShardWorker, WorkerPool, init_ray, run_stage
 from fspo_data.stages import STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import ShardSpec
@@ -41,7 +42,8 @@ def wait_for_shards(config: JobConfig, count: int) -> None:
 
 
 class GatedReplica(ShardWorker):
-    """Replica `index`; role 'slow' holds its first shard until every other shard is written,
+    """Replica `index`; role 'slow' holds its first shard until every shard but the two it holds
+    (`SHARDS_IN_FLIGHT_PER_REPLICA`) is written,
     'lost' never finishes its first (the test kills it) and, restarted, comes back only once
     every shard is written: a shard Ray retried on it would never finish."""
 
@@ -51,12 +53,16 @@ class GatedReplica(ShardWorker):
         self.total = len(plan_shards(PERSONAS, config))
         self.started = marks / f"started-{index}"
         if role == "lost" and self.started.exists():
-            wait_for_shards(config, self.total)
+            try:
+                wait_for_shards(config, self.total)
+            except TimeoutError:
+                (marks / "held-for-restart").touch()  # its shard waited for it
+                raise
 
     def run_shard(self, spec: ShardSpec) -> object:
         if self.role == "slow" and not self.held:
             self.held = True
-            wait_for_shards(self.ctx.config, self.total - 1)
+            wait_for_shards(self.ctx.config, self.total - SHARDS_IN_FLIGHT_PER_REPLICA)
         if self.role == "lost" and not self.started.exists():
             self.started.write_text(spec.name)
             wait_for_shards(self.ctx.config, self.total + 1)  # never: killed meanwhile
@@ -98,8 +104,8 @@ def test_a_slow_replica_delays_only_its_own_shard(tmp_path, local_ray):  # noqa:
     by_replica = shards_by_replica(config)
     total = len(plan_shards(PERSONAS, config))
     # Round-robin would have dealt the slow replica 3 of the 9 and waited on them all.
-    assert len(by_replica[0]) == 1
-    assert len(by_replica[1]) + len(by_replica[2]) == total - 1
+    assert len(by_replica[0]) == SHARDS_IN_FLIGHT_PER_REPLICA
+    assert len(by_replica[1]) + len(by_replica[2]) == total - SHARDS_IN_FLIGHT_PER_REPLICA
     assert sum(map(len, by_replica.values())) == total
 
 
@@ -124,4 +130,5 @@ def test_a_lost_replicas_shard_goes_back_to_the_queue(tmp_path, local_ray):  # n
     assert sum(map(len, by_replica.values())) == total, "the run is not whole"
     # Recomputed by a replica that was up, not held for the lost one's restart.
     assert lost in by_replica[1] + by_replica[2]
+    assert not (tmp_path / "held-for-restart").exists()
     pool.release()
