@@ -321,10 +321,7 @@ def run_stage(
     last_save = 0.0
     stopping = False
     try:
-        try:
-            queue.run(shard_result, commit)
-        except ReplicasLost as exc:
-            raise RunStopped(f"{stage.name}: {exc}") from None
+        queue.run(shard_result, commit)
         # A worker lost mid-write (its node died) leaves a temp file; its shard was retried.
         remove_temp_files(stage_dir)
         stop_reason = queue.stop_reason or next(
@@ -332,9 +329,11 @@ def run_stage(
         )
         if stop_reason is not None:
             raise RunStopped(stop_reason)
-    except BaseException:
+    except BaseException as exc:
         stopping = True
         queue.cancel()
+        if isinstance(exc, ReplicasLost):
+            raise RunStopped(f"{stage.name}: {exc}") from None
         raise
     finally:
         bar.close()
