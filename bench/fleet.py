@@ -5,7 +5,7 @@ nowhere else): it answers like the instant benchmark double, after sleeping for 
 of the requests it gets at its prefill and decode tokens/s. Replica 0 is `--slow` times
 slower; replica 1 is killed once a third of the judge shards are committed (Ray restarts it
 after `--load-s`, the engine's reload). The LLM stages of a roleplay job (personas,
-questions, responses, judge with one refinement round) run through the real stage code and
+questions, responses, gold, judge with one refinement round) run through the real stage code and
 the real shard reads and writes, twice on the same replicas' settings:
 
 - `static`: the old dispatch, reconstructed here (`run_stage_static`): every shard dealt to
@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--pairs-per-user", type=int, default=10)
     parser.add_argument("--prefill", type=float, default=5000.0, help="prompt tokens/s")
     parser.add_argument("--decode", type=float, default=1000.0, help="generated tokens/s")
-    parser.add_argument("--speedup", type=float, default=1.5, help="time compression")
+    parser.add_argument("--speedup", type=float, default=1.0, help="time compression")
     parser.add_argument("--slow", type=float, default=3.0, help="replica 0's slowdown")
     parser.add_argument("--load-s", type=float, default=2.0, help="engine (re)load seconds")
     args = parser.parse_args()
