@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import ray
 
 from fspo_data.core.config import JobConfig
@@ -21,6 +22,8 @@ from fspo_data.pipeline.orchestrator import ShardWorker, WorkerPool, init_ray, r
 from fspo_data.stages import STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import ShardSpec
 from tests.reliability.conftest import instant_config, local_ray  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow  # a local Ray and 3 engine actors: ~25 s each
 
 PERSONAS = STAGES_BY_NAME["personas"]
 REPLICAS = 3
