@@ -18,8 +18,8 @@ prompts, model) changed, or if a group of upstream shards it read now has anothe
 A shard whose model calls the endpoint could not answer is not committed (`CallTally`,
 pipeline/tally.py: no record is lost to an outage); the run stops with `RunStopped`, keeping
 what is committed. So it does when a guard (`Guard`, e.g. the budget cap of
-pipeline/budget.py) says so before a shard is dispatched: LLM shards go out a few per replica
-at a time for this.
+pipeline/budget.py) says so before a shard is dispatched: LLM shards go out two per replica
+at a time (pipeline/dispatch.py).
 
 One run at a time holds the run folder (pipeline/lock.py); a second is refused.
 """
@@ -53,6 +53,7 @@ from fspo_data.core.shards import (
 from fspo_data.core.storage import Location
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import run_dollars
+from fspo_data.pipeline.dispatch import SHARDS_IN_FLIGHT_PER_REPLICA, Dispatcher, ReplicasLost
 from fspo_data.pipeline.gold import GateGuard, summarize_gold
 from fspo_data.pipeline.lock import holding, run_lock
 from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir, shard_recipe
@@ -121,6 +122,9 @@ class ShardWorker:
     def run_shard(self, spec: ShardSpec) -> ShardEntry:
         return execute_shard(spec, self.ctx, self.tally)
 
+    def ready(self) -> None:
+        """Answers once the actor is up: after a restart, its engine has loaded again."""
+
 
 # Ray retries a task whose worker or node died (3 is its default; resume relies on it).
 @ray.remote(num_cpus=1, max_retries=3)
@@ -148,6 +152,10 @@ def init_ray(config: JobConfig) -> None:
     )
 
 
+# Restarts of one engine actor (its node lost, its process killed) before it is given up.
+ENGINE_RESTARTS = 2
+
+
 @dataclass
 class WorkerPool:
     """Engine actors, started at the first LLM stage and kept until no later stage needs them."""
@@ -157,18 +165,26 @@ class WorkerPool:
 
     def get(self) -> list:
         if not self.actors:
-            model = self.config.model
-            env = backend_env(model) | {"OMP_NUM_THREADS": str(math.ceil(model.cpus_per_replica))}
-            # Restarted on another node if theirs dies; their unfinished shards are retried.
-            actor_class = ray.remote(ShardWorker).options(
-                num_cpus=model.cpus_per_replica,
-                num_gpus=model.tensor_parallel_size if model.use_gpu else 0,
-                runtime_env={"env_vars": env},
-                max_restarts=2,
-                max_task_retries=2,
-            )
-            self.actors = [actor_class.remote(self.config) for _ in range(model.replicas)]
+            actor_class = ray.remote(ShardWorker).options(**self.actor_options())
+            self.actors = [
+                actor_class.remote(self.config) for _ in range(self.config.model.replicas)
+            ]
         return self.actors
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options of an engine actor (bench/fleet.py starts its timed doubles with them)."""
+        model = self.config.model
+        env = backend_env(model) | {"OMP_NUM_THREADS": str(math.ceil(model.cpus_per_replica))}
+        # Restarted on another node if theirs dies. Their shards in flight are not retried by
+        # Ray (which would wait for the restart, the engine loading again): `run_stage` puts
+        # them back in the queue for the next free replica (pipeline/dispatch.py).
+        return {
+            "num_cpus": model.cpus_per_replica,
+            "num_gpus": model.tensor_parallel_size if model.use_gpu else 0,
+            "runtime_env": {"env_vars": env},
+            "max_restarts": ENGINE_RESTARTS,
+            "max_task_retries": 0,
+        }
 
     def release(self) -> None:
         for actor in self.actors:
@@ -184,10 +200,6 @@ def shard_result(ref: ray.ObjectRef) -> ShardEntry:
             raise RunStopped(str(exc.cause)) from None
         raise
 
-
-# Shards an engine replica holds at once: one computing, one queued behind it so the engine
-# never waits on the driver; few enough that a guard stops the run close to where it says.
-SHARDS_IN_FLIGHT_PER_REPLICA = 2
 
 # A check before each shard is dispatched: (stage, its manifest with every shard committed so
 # far, how many of its shards are in flight) -> a one-line reason to stop, or None; asked once
@@ -240,18 +252,24 @@ def run_stage(
         def submit(spec: ShardSpec, _: Any) -> ray.ObjectRef:
             return run_cpu_shard.remote(config, spec)
 
-    pending: dict[ray.ObjectRef, tuple[ShardSpec, Any]] = {}
-    stop_reason: str | None = None
+    queue = Dispatcher(
+        todo,
+        slots,
+        submit,
+        lambda in_flight: next(
+            (r for guard in guards if (r := guard(stage, manifest, in_flight))), None
+        ),
+    )
 
-    def dispatch(free: list[Any]) -> None:
-        nonlocal stop_reason
-        while free and todo and stop_reason is None:
-            stop_reason = next(
-                (r for guard in guards if (r := guard(stage, manifest, len(pending)))), None
-            )
-            if stop_reason is None:
-                spec, slot = todo.popleft(), free.pop(0)
-                pending[submit(spec, slot)] = (spec, slot)
+    def commit(spec: ShardSpec, entry: ShardEntry) -> None:
+        nonlocal last_save
+        entry.recipe = recipes[spec.domain]
+        manifest.shards[spec.name] = entry
+        bar.update(1)
+        bar.set_postfix(rows=manifest.rows)
+        if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:
+            save_manifest(stage_dir, manifest)
+            last_save = time.perf_counter()
 
     bar = tqdm(
         total=len(specs),
@@ -263,28 +281,19 @@ def run_stage(
     last_save = 0.0
     stopping = False
     try:
-        dispatch(slots)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            (spec, slot), entry = pending.pop(done[0]), shard_result(done[0])
-            entry.recipe = recipes[spec.domain]
-            manifest.shards[spec.name] = entry
-            bar.update(1)
-            bar.set_postfix(rows=manifest.rows)
-            if time.perf_counter() - last_save > MANIFEST_SAVE_INTERVAL_S:
-                save_manifest(stage_dir, manifest)
-                last_save = time.perf_counter()
-            dispatch([slot])
+        queue.run(shard_result, commit)
         # A worker lost mid-write (its node died) leaves a temp file; its shard was retried.
         remove_temp_files(stage_dir)
-        if stop_reason is None:
-            stop_reason = next((r for guard in guards if (r := guard(stage, manifest, None))), None)
+        stop_reason = queue.stop_reason or next(
+            (r for guard in guards if (r := guard(stage, manifest, None))), None
+        )
         if stop_reason is not None:
             raise RunStopped(stop_reason)
-    except BaseException:
+    except BaseException as exc:
         stopping = True
-        for ref in pending:
-            ray.cancel(ref)
+        queue.cancel()
+        if isinstance(exc, ReplicasLost):
+            raise RunStopped(f"{stage.name}: {exc}") from None
         raise
     finally:
         bar.close()
