@@ -55,15 +55,27 @@ def views_request(question: Question, count: int, sampling: SamplingConfig) -> C
     )
 
 
+def plausible_view(view: str) -> bool:
+    """A point of view is a short description of someone ("a budget-conscious pragmatist"),
+    not an answer, a question or a header, which small models write instead of a listing
+    ("The answer to this question would be: 3", "Is there a question better suited...?",
+    "Clarify"): those would steer a candidate nowhere and state nonsense preferences."""
+    return (
+        3 <= len(view) <= 80
+        and 2 <= len(view.split()) <= 12
+        and not any(mark in view for mark in ':?"')
+    )
+
+
 def parse_views(text: str, count: int) -> tuple[list[str], int]:
-    """Up to `count` distinct views from a listing, topped up from FALLBACK_VIEWS.
+    """Up to `count` distinct, plausible views from a listing, topped up from FALLBACK_VIEWS.
 
     Returns the views and how many came from the fallback list.
     """
     views: list[str] = []
     for line in text.splitlines():
-        view = clean_line(line).rstrip(".:")
-        if 3 <= len(view) <= 80 and view.lower() not in {v.lower() for v in views}:
+        view = clean_line(line).rstrip(".")
+        if plausible_view(view) and view.lower() not in {v.lower() for v in views}:
             views.append(view)
         if len(views) == count:
             return views, 0

@@ -58,6 +58,18 @@ def test_parse_views_dedups_and_tops_up():
     assert len(views) == 3 and fallback == 1
 
 
+def test_answers_questions_and_headers_are_no_views():
+    # What the embedded model wrote instead of views in the demo and three_domains runs.
+    listing = (
+        "Here are three viewpoints:\nThe answer to this question would be: 3\n"
+        'A possible answer: "No, there is no best answer\nClarify\n'
+        "Is there a question better suited to an AI assistant?\n2. A retired football coach\n"
+    )
+    views, fallback = responses.parse_views(listing, 3)
+    assert views[0] == "A retired football coach" and fallback == 2
+    assert views[1:] == list(responses.FALLBACK_VIEWS[:2])
+
+
 def test_short_contradicting_and_duplicate_descriptions_are_regenerated(tmp_path):
     config = JobConfig(run_dir=tmp_path, counts={"users": 4})
     taxonomy = load_taxonomy(load_domain("roleplay"))
