@@ -13,8 +13,8 @@ run asks before each shard it dispatches):
   holder and an expiry) written only if unchanged since read (`LeaseStore`: S3 conditional
   writes If-None-Match / If-Match on the ETag, or GCS generation preconditions), renewed by a
   heartbeat thread, and taken over once it has expired or when its holder is a process of
-  this host that is gone. `FileLeaseStore` is a local stand-in for the object, for tests and
-  until object storage backs one.
+  this host that is gone. `ObjectLeaseStore` keeps it as an object beside the shards;
+  `FileLeaseStore` is a local stand-in for the object, for tests.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from fspo_data.core import storage
 from fspo_data.core.shards import OutputWriteError, atomic_write_bytes, make_dir
+from fspo_data.core.storage import Location, ObjectPath
 
 LOCK_FILE = ".lock"
 
@@ -267,8 +269,44 @@ class FileLeaseStore:
             yield  # closing the file drops the lock
 
 
-def run_lock(run_dir: Path) -> RunLock:
-    """The lock of a run folder (object storage will pick a `LeaseLock` here)."""
+class ObjectLeaseStore:
+    """`LeaseStore` on an object (core/storage.py): the version is the content's hash.
+
+    pyarrow's file systems do not expose S3's conditional writes (If-Match) or GCS's
+    generation preconditions, so a compare-and-write is read, compare, write, then, after
+    `settle_s`, read again: of two processes that both saw the old version and wrote, each
+    finds the later write, so only its writer goes on. What this cannot catch is a writer
+    slower than `settle_s` between its read and its write.
+    """
+
+    def __init__(self, loc: ObjectPath, settle_s: float = 2.0) -> None:
+        self.loc, self.settle_s = loc, settle_s
+        self.where = str(loc.parent)
+
+    def read(self) -> tuple[Lease | None, str | None]:
+        if not storage.is_file(self.loc):
+            return None, None
+        raw = storage.read_bytes(self.loc)
+        return Lease.from_json(raw), hashlib.sha256(raw).hexdigest()
+
+    def write(self, lease: Lease, expected: str | None) -> str | None:
+        if self.read()[1] != expected:
+            return None
+        raw = lease.to_json()
+        mine = hashlib.sha256(raw).hexdigest()
+        storage.write_bytes_atomic(self.loc, raw)
+        time.sleep(self.settle_s)
+        return mine if self.read()[1] == mine else None
+
+    def delete(self, expected: str) -> None:
+        if self.read()[1] == expected:
+            storage.delete(self.loc)
+
+
+def run_lock(run_dir: Location) -> RunLock:
+    """The lock of a run folder: an OS lock on local disk, a lease in object storage."""
+    if isinstance(run_dir, ObjectPath):
+        return LeaseLock(ObjectLeaseStore(run_dir / LOCK_FILE))
     return LocalLock(run_dir)
 
 

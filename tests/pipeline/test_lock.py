@@ -10,11 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from fspo_data.core import storage
 from fspo_data.pipeline.lock import (
     LOCK_FILE,
     FileLeaseStore,
@@ -22,8 +24,10 @@ from fspo_data.pipeline.lock import (
     Lease,
     LeaseLock,
     LocalLock,
+    ObjectLeaseStore,
     RunDirBusy,
     holding,
+    run_lock,
 )
 
 HOLD_A_LOCK = """
@@ -162,3 +166,38 @@ def test_a_lease_that_cannot_be_renewed_before_it_expires_is_lost(tmp_path):
     finally:
         lock.release()
     assert lock.lost() == f"could not renew the lease on {tmp_path}: connection refused"
+
+
+def test_the_lease_in_object_storage_refuses_a_second_run_and_outlives_a_dead_one(s3_bucket):
+    run = s3_bucket / "locked-run"
+    assert isinstance(run_lock(run), LeaseLock)
+    with holding(run_lock(run)) as first:
+        with pytest.raises(RunDirBusy, match=f"pid {os.getpid()},"):
+            run_lock(run).acquire()
+        assert first.lost() is None
+    assert not storage.is_file(run / LOCK_FILE)  # released: the next takes it at once
+    # A holder of this host that died keeps no one out.
+    store = ObjectLeaseStore(run / LOCK_FILE, settle_s=0.1)
+    gone = Holder(host=socket.gethostname(), pid=dead_pid(), since=time.time())
+    store.write(Lease(gone, time.time() + 3600), None)
+    with holding(LeaseLock(store)) as lock:
+        assert store.read()[0].holder == lock.me
+
+
+def test_two_writers_of_one_lease_object_leave_one_holder(s3_bucket):
+    # Both read "no lease" before either writes: the settle-and-verify write keeps one.
+    stores = [ObjectLeaseStore(s3_bucket / "race" / LOCK_FILE, settle_s=0.5) for _ in range(2)]
+    leases = [Lease(Holder(host=f"h{i}", pid=i, since=0.0), 1e12) for i in range(2)]
+    versions: list[str | None] = [None, None]
+
+    def write(i: int) -> None:
+        versions[i] = stores[i].write(leases[i], None)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(v is not None for v in versions) == 1
+    winner = versions.index(next(v for v in versions if v is not None))
+    assert stores[0].read()[0] == leases[winner]
