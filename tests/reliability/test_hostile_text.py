@@ -60,10 +60,11 @@ HOSTILE = {
     "long": "long " * 40_000 + "end",
 }
 # What every model-written text carries; a question must also match the stage's question
-# pattern (no '.', '!', ':', quotes or newline before its '?'), a view fit on one line.
+# pattern (no '.', '!', ':', quotes or newline before its '?'), a view fit on one line and
+# look like one (two words or more, no ':', '?' or '"': `responses.plausible_view`).
 EVERYTHING = " ".join(text for kind, text in HOSTILE.items() if kind != "long")
 QUESTION_TEXT = "Which $user ${description} {question} {{x}} %s [system] {a, [1, } \x00\x1b[31m\r"
-VIEW_LINES = ("[user] $view {question}", '{"a": [1, } %s', "\x1b[31mred\x1b[0m \u202eevil\x00")
+VIEW_LINES = ("[user] $view {question}", "{a [1, } %s $$", "\x1b[31mred\x1b[0m \u202eevil\x00")
 TEXTS = ("question", "chosen", "rejected")  # a shot's text fields
 RECORD_TYPES = (Persona, Question, Response, Judgment, Episode, RatEpisode)
 
