@@ -235,6 +235,8 @@ class GoldJudgment(Record):
     """
 
     id_field: ClassVar[str] = "judgment_uuid"
+    # The score of a dropped gold pair: an abstention is worth a coin flip.
+    ABSTAINED: ClassVar[float] = 0.5
     judgment_uuid: str
     persona_uuid: str
     question_uuid: str

@@ -23,6 +23,7 @@ from fspo_data.core.shards import Manifest, load_manifest
 from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.pipeline.cost import RunDollars, usd
+from fspo_data.pipeline.gold import LEGEND as GOLD_LEGEND
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.summary import StageSummary
 from fspo_data.pipeline.verdicts import Check
@@ -258,9 +259,7 @@ def _gold(gold: Mapping[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        "Gold accuracy (the judge on gold pairs, whose right answer is known by construction; "
-        "chance 0.50, a dropped pair counts 0.5; 95 % Wilson interval). Gold pairs are in no "
-        "episode:",
+        f"Gold accuracy ({GOLD_LEGEND}). Gold pairs are in no episode:",
         "",
         "| domain | gold accuracy |",
         "|---|---|",

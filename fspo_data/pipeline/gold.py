@@ -19,11 +19,19 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fspo_data.core.config import JobConfig
+from fspo_data.core.records import GoldJudgment
 from fspo_data.core.shards import Manifest, ShardEntry, committed_entries
 from fspo_data.stages.base import Stage
 
 Z_95 = 1.959964
 GOLD_STAGE = "gold"
+
+
+# What every place that prints gold figures says they are.
+LEGEND = (
+    "the judge on pairs whose answer is known; chance 0.50, a dropped pair counts 0.5; "
+    "95 % interval"
+)
 
 
 class GoldFigures(BaseModel):
@@ -56,10 +64,10 @@ def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[flo
 
 
 def figures_of(judged: int, kept: int, right: int) -> GoldFigures:
-    """Gold figures from counts: score sum = right + (judged - kept) / 2."""
+    """Gold figures from counts: the score sum is `right` plus every dropped pair's score."""
     if not judged:
         return GoldFigures(pairs=0, kept=0, right=0, accuracy=None, ci_low=None, ci_high=None)
-    score = right + (judged - kept) / 2
+    score = right + (judged - kept) * GoldJudgment.ABSTAINED
     low, high = wilson_interval(score, judged)
     return GoldFigures(
         pairs=judged, kept=kept, right=right, accuracy=score / judged, ci_low=low, ci_high=high

@@ -252,14 +252,10 @@ def run_stage(
         def submit(spec: ShardSpec, _: Any) -> ray.ObjectRef:
             return run_cpu_shard.remote(config, spec)
 
-    queue = Dispatcher(
-        todo,
-        slots,
-        submit,
-        lambda in_flight: next(
-            (r for guard in guards if (r := guard(stage, manifest, in_flight))), None
-        ),
-    )
+    def ask_guards(in_flight: int | None) -> str | None:
+        return next((r for guard in guards if (r := guard(stage, manifest, in_flight))), None)
+
+    queue = Dispatcher(todo, slots, submit, ask_guards)
 
     def commit(spec: ShardSpec, entry: ShardEntry) -> None:
         nonlocal last_save
@@ -284,9 +280,7 @@ def run_stage(
         queue.run(shard_result, commit)
         # A worker lost mid-write (its node died) leaves a temp file; its shard was retried.
         remove_temp_files(stage_dir)
-        stop_reason = queue.stop_reason or next(
-            (r for guard in guards if (r := guard(stage, manifest, None))), None
-        )
+        stop_reason = queue.stop_reason or ask_guards(None)
         if stop_reason is not None:
             raise RunStopped(stop_reason)
     except BaseException as exc:

@@ -24,6 +24,7 @@ from fspo_data.core.shards import (
 from fspo_data.core.storage import Location
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
 from fspo_data.pipeline.cost import RunDollars, counter_dollars, usd
+from fspo_data.pipeline.gold import LEGEND as GOLD_LEGEND
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.verdicts import RICH_STYLES, Check
 
@@ -204,10 +205,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def render_gold(gold: dict[str, GoldFigures], console: Console) -> None:
     if not gold:
         return
-    console.print(
-        "gold accuracy (the judge on pairs whose answer is known; chance 0.50, a dropped pair "
-        "counts 0.5; 95 % interval):"
-    )
+    console.print(f"gold accuracy ({GOLD_LEGEND}):")
     width = max(len(domain) for domain in gold)
     for domain, figures in gold.items():
         console.print(f"  {domain:<{width}}  {figures.describe()}")

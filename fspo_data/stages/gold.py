@@ -133,7 +133,8 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     first, second = judge_both_orders(ctx.llm(), pairs, settings, counters, "gold")
     verdicts = reconcile_all(first, second, settings)
     answer_x = np.array([p.answer_x for p in probes])
-    score = np.where(verdicts.kept, (verdicts.prefers_x == answer_x).astype(float), 0.5)
+    right = verdicts.prefers_x == answer_x
+    score = np.where(verdicts.kept, right.astype(float), GoldJudgment.ABSTAINED)
     counters["gold_pairs_judged"] += len(probes)
     counters["gold_pairs_kept"] += int(verdicts.kept.sum())
     counters["gold_pairs_right"] += int((score == 1.0).sum())
