@@ -41,14 +41,10 @@ from fspo_data.backends.instant import InstantBenchmarkDouble
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 from fspo_data.core.config import JobConfig
 from fspo_data.core.shards import Manifest, ShardEntry, load_manifest, save_manifest
-from fspo_data.pipeline.orchestrator import (
-    CallTally,
-    ShardWorker,
-    WorkerPool,
-    run_stage,
-    shard_result,
-)
+from fspo_data.pipeline.orchestrator import run_stage, shard_result
 from fspo_data.pipeline.resume import open_manifest
+from fspo_data.pipeline.tally import CallTally
+from fspo_data.pipeline.workers import EnginePools, ShardWorker, actor_options
 from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import StageContext
 
@@ -166,7 +162,7 @@ def kill_when(config: JobConfig, actor: Any, stage: str, shards: int) -> threadi
 
 
 def run_mode(mode: str, config: JobConfig, speeds: list[ReplicaSpeed], load_s: float) -> dict:
-    options = WorkerPool(config).actor_options()
+    options = actor_options(config.model)
     if mode == "static":
         options["max_task_retries"] = 2  # the old actors: Ray retried their shards on them
     actor_class = ray.remote(FleetReplica).options(**options)
@@ -181,7 +177,7 @@ def run_mode(mode: str, config: JobConfig, speeds: list[ReplicaSpeed], load_s: f
         if mode == "static":
             run_stage_static(config, stage, actors)
         else:
-            run_stage(config, stage, WorkerPool(config, actors=actors), progress=False)
+            run_stage(config, stage, EnginePools.given(config, actors), progress=False)
         stage_spans.append((stage.name, stage_started, time.time()))
     wall = time.time() - started
     for actor in actors:

@@ -27,7 +27,9 @@ from fspo_data.core.config import JobConfig
 from fspo_data.core.records import Question, to_table
 from fspo_data.core.shards import Manifest, save_manifest, write_shard
 from fspo_data.domains import load_domain
-from fspo_data.pipeline.orchestrator import WorkerPool, init_ray
+from fspo_data.pipeline.orchestrator import init_ray
+from fspo_data.pipeline.workers import EnginePools
+from fspo_data.stages import responses
 from fspo_data.stages.base import ShardSpec
 from fspo_data.stages.questions import question_topic
 from fspo_data.stages.responses import fixed_views, response_request
@@ -110,8 +112,8 @@ def main() -> None:
     questions = write_questions(config)
 
     init_ray(config)
-    pool = WorkerPool(config)
-    (actor,) = pool.get()
+    pools = EnginePools(config)
+    (actor,), _ = pools.for_stage(responses.STAGE)
     raw = VLLMBackend(config.model)
     # Warm-up on both sides: first calls pay for lazy initialisation.
     raw_round(raw, config, questions[:2])
@@ -130,7 +132,7 @@ def main() -> None:
                 f"round {round_index + 1} {name:>8}: {tokens} tokens in {seconds:.1f} s "
                 f"= {tokens / seconds:.1f} tok/s"
             )
-    pool.release()
+    pools.release()
     ray.shutdown()
     shutil.rmtree(run_dir, ignore_errors=True)
 

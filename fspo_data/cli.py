@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fspo_data.backends.openai_batch import BatchJournal
     from fspo_data.core.shards import load_manifest
-    from fspo_data.pipeline.orchestrator import BATCH_JOURNAL
+    from fspo_data.pipeline.workers import BATCH_JOURNAL
     from fspo_data.stages import STAGES, plan_shards
 
     config = load_job(args.run_dir / "config.yaml")

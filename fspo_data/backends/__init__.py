@@ -30,9 +30,10 @@ class BackendEntry:
     # (model, folder for the batch journal, or None outside a run) -> backend
     create: Callable[[ModelConfig, Path | None], LLMBackend]
     process_env: Callable[[ModelConfig], dict[str, str]]
-    # `field: what is wrong` for each job setting this backend cannot take, found before
+    # `field: what is wrong` for each setting of the job and of its model (whose fields sit
+    # under the given path: `model` or `models.NAME`) this backend cannot take, found before
     # anything starts (no engine library is imported).
-    problems: Callable[[JobConfig], list[str]]
+    problems: Callable[[JobConfig, ModelConfig, str], list[str]]
 
 
 def _openai(model: ModelConfig, batch_journal: Path | None) -> LLMBackend:
@@ -59,13 +60,13 @@ BACKENDS: dict[str, BackendEntry] = {
     "openai": BackendEntry(
         create=_openai,
         process_env=lambda _: {},
-        problems=lambda job: sampling_problems(job, OPENAI_SAMPLING),
+        problems=lambda job, _, __: sampling_problems(job, OPENAI_SAMPLING),
     ),
     # Benchmarks and reliability tests only; see its module docstring. It takes any setting.
     instant.NAME: BackendEntry(
         create=lambda model, _: instant.InstantBenchmarkDouble(model),
         process_env=lambda _: {},
-        problems=lambda _: [],
+        problems=lambda *_: [],
     ),
 }
 
@@ -77,8 +78,14 @@ def make_backend(model: ModelConfig, batch_journal: Path | None = None) -> LLMBa
 
 
 def backend_problems(job: JobConfig) -> list[str]:
-    """`field: what is wrong` for each setting of `job` its backend cannot take."""
-    return BACKENDS[job.model.backend].problems(job)
+    """`field: what is wrong` for each setting of `job` one of its models' backends cannot
+    take."""
+    roster = job.roster()
+    problems = []
+    for name, model in roster.models.items():
+        path = f"models.{name}" if roster.named else "model"
+        problems += BACKENDS[model.backend].problems(job, model, path)
+    return list(dict.fromkeys(problems))  # a job-wide setting two models refuse, once
 
 
 def backend_env(model: ModelConfig) -> dict[str, str]:

@@ -33,19 +33,19 @@ MAX_LOGPROBS = 20
 VLLM_SAMPLING = SamplingLimits(backend="vllm", max_temperature=2.0, max_top_logprobs=MAX_LOGPROBS)
 
 
-def vllm_problems(config: JobConfig) -> list[str]:
-    """`field: what is wrong` for each setting a vLLM engine would refuse once started."""
-    model = config.model
+def vllm_problems(config: JobConfig, model: ModelConfig, field: str) -> list[str]:
+    """`field: what is wrong` for each setting a vLLM engine would refuse once started; the
+    model's own fields are named under `field` (`model` or `models.NAME`)."""
     problems = []
     if model.dtype not in VLLM_DTYPES:
-        problems.append(f"model.dtype: {model.dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
+        problems.append(f"{field}.dtype: {model.dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
     local = config.ray.address is None
-    problems += [f"model.model: {p}" for p in model_problems(model.model, on_this_machine=local)]
+    problems += [f"{field}.model: {p}" for p in model_problems(model.model, on_this_machine=local)]
     for path, sampling in stage_sampling(config).items():
         if sampling.max_tokens >= model.max_model_len:
             problems.append(
                 f"{path}.max_tokens: {sampling.max_tokens} leaves no room for the prompt in "
-                f"model.max_model_len ({model.max_model_len})"
+                f"{field}.max_model_len ({model.max_model_len})"
             )
     return problems + sampling_problems(config, VLLM_SAMPLING)
 

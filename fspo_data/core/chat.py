@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -139,6 +140,23 @@ class LLMBackend(Protocol):
     def stats(self) -> BackendStats: ...
 
 
+# Per-model counters, beside a shard's totals: `model/<name>/<field>`. A name may hold '/'
+# (a Hugging Face repo id), the field never does.
+def model_counter(name: str, field: str) -> str:
+    return f"model/{name}/{field}"
+
+
+def counters_by_model(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """`model/<name>/<field>` counters as {name: {field: n}}; {} for a shard written before
+    models had counters of their own."""
+    by_model: dict[str, dict[str, int]] = {}
+    for key, n in counters.items():
+        if key.startswith("model/"):
+            name, _, field = key[len("model/") :].rpartition("/")
+            by_model.setdefault(name, {})[field] = by_model.get(name, {}).get(field, 0) + n
+    return by_model
+
+
 def complete_all(
     backend: LLMBackend, requests: list[ChatRequest], counters: Counter[str], what: str
 ) -> list[Completion]:
@@ -150,8 +168,19 @@ def complete_all(
     """
     started = time.perf_counter()
     completions = backend.complete(requests)
-    counters["engine_ms"] += round((time.perf_counter() - started) * 1000)
+    engine_ms = round((time.perf_counter() - started) * 1000)
+    counters["engine_ms"] += engine_ms
     totals = usage(completions)
+    name = backend.model_name
+    for field_name, n in (
+        ("requests", len(requests)),
+        ("prompt_tokens", totals.prompt_tokens),
+        ("cached_prompt_tokens", totals.cached_prompt_tokens),
+        ("completion_tokens", totals.completion_tokens),
+        ("retries", totals.retries),
+        ("engine_ms", engine_ms),
+    ):
+        counters[model_counter(name, field_name)] += n
     counters[f"{what}_requests"] += len(requests)
     counters[f"{what}_failed"] += totals.failed
     for failure, n in Counter(c.failure for c in completions if c.failure).items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     Field,
@@ -22,7 +22,9 @@ from pydantic import (
 
 from fspo_data.core.checks_config import ChecksConfig
 from fspo_data.core.config_files import StrictModel, load_yaml_model
+from fspo_data.core.judge_config import JudgeConfig
 from fspo_data.core.model_config import ModelConfig
+from fspo_data.core.roles_config import ModelRoster, RolesConfig, roster, roster_problems
 from fspo_data.core.storage import Location, ObjectPath, location
 
 
@@ -67,93 +69,6 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=96, gt=0, description="Most tokens generated per request.")
-
-
-class GateConfig(StrictModel):
-    min_accuracy: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description="Smallest gold accuracy (`pipeline.gold`) a domain's judge may show; below "
-        "it the run stops in one line (exit 1) before the judge stage, keeping what is "
-        "committed. Empty: no gate (the gold figures are still reported).",
-    )
-    min_pairs: int = Field(
-        default=30,
-        gt=0,
-        description="Gold pairs a domain needs judged before its accuracy is held to the gate.",
-    )
-
-
-class JudgeConfig(StrictModel):
-    layout: Literal["persona_first", "pair_first"] = Field(
-        default="persona_first",
-        description="Judge prompt layout. 'persona_first' (prompts/judge.txt): the user's "
-        "description, then the question and both responses; the engine's prefix cache shares "
-        "one user's description across that user's calls. 'pair_first' "
-        "(prompts/judge_pair_first.txt): the question and both responses, then the user's "
-        "description; the cache shares a pair's text across every user of the shard who "
-        "judges it in that order (README: 'The judge's prefix cache'). Also the evaluation "
-        "judge's layout.",
-    )
-    mode: Literal["strict", "calibrated"] = Field(
-        default="calibrated",
-        description="'strict' drops pairs whose verdict flips with the order (the paper's rule); "
-        "'calibrated' cancels the judge's constant position bias and keeps pairs whose debiased "
-        "margin clears `min_margin`.",
-    )
-    min_margin: float = Field(
-        default=0.05,
-        ge=0.0,
-        description="Smallest |debiased margin| (nats) kept in calibrated mode.",
-    )
-    top_logprobs: int = Field(
-        default=20,
-        gt=1,
-        le=20,
-        description="First-token alternatives read for the 'A'/'B' verdict.",
-    )
-    samples_per_order: int = Field(
-        default=1,
-        ge=1,
-        le=16,
-        description="Judge each order k times at `sample_temperature` and take the majority vote "
-        "of the sampled letters (for judges without trusted log-probabilities); 1 = one greedy "
-        "call read through log-probabilities.",
-    )
-    sample_temperature: float = Field(
-        default=1.0, gt=0.0, description="Temperature of the k samples when samples_per_order > 1."
-    )
-    refine_rounds: int = Field(
-        default=1,
-        ge=0,
-        le=5,
-        description="Persona refinement rounds: pairs the description does not settle get a stated "
-        "preference appended, then the user's pairs are relabelled. 0 disables.",
-    )
-    stated_preferences_per_round: int = Field(
-        default=3, ge=1, description="Most stated preferences added to one user per round."
-    )
-    flag_agreement: float = Field(
-        default=0.95,
-        gt=0.0,
-        le=1.0,
-        description="Users agreeing with another user on more than this share of shared pairs "
-        "are flagged as near-duplicate labellers.",
-    )
-    flag_min_shared: int = Field(
-        default=5, ge=1, description="Shared pairs needed before two users can be compared."
-    )
-    gold_pairs_per_user: int = Field(
-        default=2,
-        ge=0,
-        description="Gold pairs (right answer known by construction, `domain.yaml` gold rule) "
-        "judged per user by the gold stage, like any other pair; they measure the judge and "
-        "never enter episodes. 0 skips the gold stage.",
-    )
-    gate: GateConfig = Field(
-        default=GateConfig(), description="Stop before the judge stage if gold accuracy is low."
-    )
 
 
 class CountsConfig(StrictModel):
@@ -315,7 +230,19 @@ class JobConfig(StrictModel):
     )
     counts: CountsConfig = Field(default=CountsConfig(), description="How much to generate.")
     sharding: ShardingConfig = Field(default=ShardingConfig(), description="Shard sizes.")
-    model: ModelConfig = Field(default=ModelConfig(), description="The model backend.")
+    model: ModelConfig | None = Field(
+        default=None,
+        description="The model of every role (shorthand; empty: the embedded model); give "
+        "`models:` and `roles:` instead for a judge, generators or an ensemble of their own.",
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict,
+        description="Named models, each with its backend, settings, replicas and resources; "
+        "each gets its own pool of engine actors. Used with `roles:` instead of `model:`.",
+    )
+    roles: RolesConfig = Field(
+        default=RolesConfig(), description="Which named model serves each role (`models:`)."
+    )
     stages: StagesConfig = Field(default=StagesConfig(), description="Per-stage settings.")
     splits: SplitsConfig = Field(default=SplitsConfig(), description="Held-out users/questions.")
     episodes: EpisodesConfig = Field(default=EpisodesConfig(), description="How episodes are cut.")
@@ -358,10 +285,31 @@ class JobConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _roles_name_models(self) -> JobConfig:
+        problems = roster_problems(self.model is not None, self.models, self.roles)
+        if problems:
+            raise ValueError(problems[0])
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, value: Any) -> Any:
+        # Without `models:`, an empty `model:` is the embedded model, as it always was.
+        if isinstance(value, dict) and not value.get("models") and "model" not in value:
+            return value | {"model": ModelConfig()}
+        return value
+
+    @model_validator(mode="after")
     def _budget_has_prices(self) -> JobConfig:
-        if self.budget_usd is not None and not self.model.prices.given:
+        if self.budget_usd is not None and not any(
+            m.prices.given for m in self.roster().models.values()
+        ):
             raise ValueError("budget_usd needs model.prices (all prices are zero)")
         return self
+
+    def roster(self) -> ModelRoster:
+        """The job's models by name and the model(s) of each role (core/roles_config.py)."""
+        return roster(self.model or ModelConfig(), self.models, self.roles)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the records (not where or how fast they run).
@@ -384,7 +332,13 @@ class JobConfig(StrictModel):
                 "budget_usd": True,
             },
         )
-        payload["model"] = self.model.identity()
+        if self.models:
+            payload.pop("model")
+            payload["models"] = {name: m.identity() for name, m in self.models.items()}
+        else:
+            # Left out, not empty: a one-model job keeps the fingerprint it had before roles.
+            payload.pop("models"), payload.pop("roles")
+            payload["model"] = self.model.identity()
         if not self.personas.stratify:
             payload["counts"].pop("users")
         payload["counts"].pop("questions")

@@ -64,8 +64,12 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 def _one_line(path: Location, error: ValidationError) -> str:
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     message = first["msg"].replace("Value error, ", "")
+    field = ".".join(str(p) for p in first["loc"])
+    if not field:
+        # A check across fields (a model validator) has no location: its message may name it.
+        named, _, rest = message.partition(": ")
+        field, message = (named, rest) if rest and " " not in named else ("(top level)", message)
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""

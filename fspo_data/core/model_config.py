@@ -190,6 +190,19 @@ class ModelConfig(StrictModel):
         "of 20-100 tokens and cut it at max_tokens (finish_reason 'length') when longer.",
     )
 
+    @property
+    def served_name(self) -> str:
+        """The name the engine answers to (what a one-model job's records carry)."""
+        if self.backend == "openai" and self.openai is not None:
+            return self.openai.model
+        return self.backend if self.backend == "instant-benchmark-double" else self.model
+
+    def replica_resources(self) -> dict[str, float]:
+        """What one engine replica reserves on Ray, by resource name (GPU only when used)."""
+        return {"CPU": self.cpus_per_replica} | (
+            {"GPU": float(self.tensor_parallel_size)} if self.use_gpu else {}
+        )
+
     def identity(self) -> dict[str, Any]:
         """The settings that change what the model writes (which engine, weights, precision,
         context), as dotted leaves; not where or how fast it runs (replicas, resources, an
@@ -209,3 +222,12 @@ class ModelConfig(StrictModel):
         if self.simulate_truncation and self.backend != "instant-benchmark-double":
             raise ValueError("simulate_truncation is for backend 'instant-benchmark-double' only")
         return self
+
+
+def pools_resources(models: list[ModelConfig]) -> dict[str, float]:
+    """What the pools of `models` reserve on Ray together, every replica placed."""
+    total: dict[str, float] = {}
+    for model in models:
+        for kind, each in model.replica_resources().items():
+            total[kind] = total.get(kind, 0.0) + each * model.replicas
+    return total

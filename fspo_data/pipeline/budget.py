@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.shards import CorruptManifest, Manifest, ShardEntry, load_manifest
-from fspo_data.pipeline.cost import counter_dollars, usd
+from fspo_data.pipeline.cost import shard_dollars, usd
 from fspo_data.pipeline.plan import stage_dollars
 from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import Stage
@@ -49,7 +49,7 @@ class BudgetGuard:
         )
 
     def _dollars(self, entry: ShardEntry) -> float:
-        return counter_dollars(self.config.model.prices, entry.counters) or 0.0
+        return shard_dollars(self.config.roster().models, entry.counters) or 0.0
 
     def _spent_elsewhere(self, current: str) -> float:
         if self.elsewhere is None or self.elsewhere[0] != current:

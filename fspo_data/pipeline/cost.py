@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fspo_data.core.chat import counters_by_model
 from fspo_data.core.model_config import ModelConfig, Prices
 
 # `fspo-data plan`, imported on every CLI start, imports this module: no stage modules here.
@@ -76,6 +77,22 @@ def counter_dollars(prices: Prices, counters: Mapping[str, int]) -> float | None
         counters.get("completion_tokens", 0),
         counters.get("engine_ms", 0) / MS_PER_HOUR,
     )
+
+
+def shard_dollars(models: Mapping[str, ModelConfig], counters: Mapping[str, int]) -> float | None:
+    """Dollars of a shard, or a stage, whose calls may have gone to several models: each
+    model's counters (`model/<name>/...`) at its own prices. A shard of a one-model job
+    written before models had counters of their own is priced on its totals."""
+    by_model = counters_by_model(counters)
+    if not by_model and len(models) == 1:
+        return counter_dollars(next(iter(models.values())).prices, counters)
+    figures = [
+        counter_dollars(models[name].prices, model_counters)
+        for name, model_counters in by_model.items()
+        if name in models
+    ]
+    given = [d for d in figures if d is not None]
+    return sum(given) if given else None
 
 
 def load_dollars(model: ModelConfig, load: StageLoad, gpu_hours: float) -> float | None:

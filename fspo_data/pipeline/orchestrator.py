@@ -26,31 +26,24 @@ One run at a time holds the run folder (pipeline/lock.py); a second is refused.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from tqdm import tqdm
 
-from fspo_data.backends import backend_env, make_backend
 from fspo_data.core.config import JobConfig
-from fspo_data.core.records import to_table
 from fspo_data.core.shards import (
     Manifest,
     OutputWriteError,
     ShardEntry,
-    read_committed,
     remove_temp_files,
     save_manifest,
-    write_shard,
 )
-from fspo_data.core.storage import Location
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import run_dollars
 from fspo_data.pipeline.dispatch import SHARDS_IN_FLIGHT_PER_REPLICA, Dispatcher, ReplicasLost
@@ -63,14 +56,14 @@ from fspo_data.pipeline.summary import (
     summarize_judgments,
     write_summary,
 )
-from fspo_data.pipeline.tally import CallTally, ModelUnavailable
+from fspo_data.pipeline.tally import ModelUnavailable
 from fspo_data.pipeline.validate import validate_job, validate_placement
 from fspo_data.pipeline.verdicts import with_verdicts
-from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
-from fspo_data.stages.base import Inputs, ShardSpec, Stage, StageContext, require_columns
+from fspo_data.pipeline.workers import EnginePools, run_cpu_shard
+from fspo_data.stages import STAGES, plan_shards
+from fspo_data.stages.base import ShardSpec, Stage
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
-BATCH_JOURNAL = "batches"  # RUN_DIR/batches: batch ids of openai batch mode, for resume
 
 
 class RunStopped(RuntimeError):
@@ -79,57 +72,6 @@ class RunStopped(RuntimeError):
 
 # Raised inside a worker, they stop the run with their one-line message, not a traceback.
 STOPPING_ERRORS = (ModelUnavailable, OutputWriteError)
-
-
-def read_inputs(stage: Stage, spec: ShardSpec, run_dir: Location) -> tuple[Inputs, dict[str, str]]:
-    """The committed upstream shards `spec` reads, as declared, checked against their record
-    types; and `{stage}/{prefix}` -> digest of each group read."""
-    tables, digests = {}, {}
-    for source in stage.inputs:
-        prefix = source.prefix(spec)
-        table, digest = read_committed(run_dir, source.stage, prefix)
-        record_type = STAGES_BY_NAME[source.stage].record_type
-        require_columns(stage.name, f"{source.stage}/{prefix}*", table, record_type)
-        tables[source.stage] = table
-        digests[f"{source.stage}/{prefix}"] = digest
-    return tables, digests
-
-
-def execute_shard(spec: ShardSpec, ctx: StageContext, tally: CallTally | None = None) -> ShardEntry:
-    """Read a shard's inputs, compute it, commit it; its manifest entry is the result."""
-    stage = STAGES_BY_NAME[spec.stage]
-    run_dir = ctx.config.run_dir
-    if tally is not None:
-        tally.reset(spec)
-    inputs, digests = read_inputs(stage, spec, run_dir)
-    output = stage.run(spec, inputs, ctx)
-    if tally is not None:
-        tally.check()
-    table = to_table(output.records, stage.record_type)
-    entry = write_shard(run_dir / stage.name, spec.name, table)
-    entry.counters = dict(output.counters) | (tally.backend_counters() if tally else {})
-    entry.start, entry.stop, entry.inputs = spec.start, spec.stop, digests
-    return entry
-
-
-class ShardWorker:
-    """A Ray actor holding one engine replica; runs the shards of every LLM stage."""
-
-    def __init__(self, config: JobConfig) -> None:
-        self.tally = CallTally(make_backend(config.model, config.run_dir / BATCH_JOURNAL))
-        self.ctx = StageContext(config=config, backend=self.tally)
-
-    def run_shard(self, spec: ShardSpec) -> ShardEntry:
-        return execute_shard(spec, self.ctx, self.tally)
-
-    def ready(self) -> None:
-        """Answers once the actor is up: after a restart, its engine has loaded again."""
-
-
-# Ray retries a task whose worker or node died (3 is its default; resume relies on it).
-@ray.remote(num_cpus=1, max_retries=3)
-def run_cpu_shard(config: JobConfig, spec: ShardSpec) -> ShardEntry:
-    return execute_shard(spec, StageContext(config=config))
 
 
 def init_ray(config: JobConfig) -> None:
@@ -150,46 +92,6 @@ def init_ray(config: JobConfig) -> None:
         configure_logging=True,
         logging_level="WARNING",
     )
-
-
-# Restarts of one engine actor (its node lost, its process killed) before it is given up.
-ENGINE_RESTARTS = 2
-
-
-@dataclass
-class WorkerPool:
-    """Engine actors, started at the first LLM stage and kept until no later stage needs them."""
-
-    config: JobConfig
-    actors: list = field(default_factory=list)
-
-    def get(self) -> list:
-        if not self.actors:
-            actor_class = ray.remote(ShardWorker).options(**self.actor_options())
-            self.actors = [
-                actor_class.remote(self.config) for _ in range(self.config.model.replicas)
-            ]
-        return self.actors
-
-    def actor_options(self) -> dict[str, Any]:
-        """Ray options of an engine actor (bench/fleet.py starts its timed doubles with them)."""
-        model = self.config.model
-        env = backend_env(model) | {"OMP_NUM_THREADS": str(math.ceil(model.cpus_per_replica))}
-        # Restarted on another node if theirs dies. Their shards in flight are not retried by
-        # Ray (which would wait for the restart, the engine loading again): `run_stage` puts
-        # them back in the queue for the next free replica (pipeline/dispatch.py).
-        return {
-            "num_cpus": model.cpus_per_replica,
-            "num_gpus": model.tensor_parallel_size if model.use_gpu else 0,
-            "runtime_env": {"env_vars": env},
-            "max_restarts": ENGINE_RESTARTS,
-            "max_task_retries": 0,
-        }
-
-    def release(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
 
 
 def shard_result(ref: ray.ObjectRef) -> ShardEntry:
@@ -214,9 +116,10 @@ Guard = Callable[[Stage, Manifest, int | None], str | None]
 def run_stage(
     config: JobConfig,
     stage: Stage,
-    pool: WorkerPool,
+    pools: EnginePools,
     progress: bool,
     guards: Sequence[Guard] = (),
+    later: Sequence[Stage] = (),
 ) -> StageSummary:
     """Compute the stage's shards not yet committed, committing each as it finishes. LLM
     shards go out `SHARDS_IN_FLIGHT_PER_REPLICA` per replica at a time (a finished shard's
@@ -240,13 +143,14 @@ def run_stage(
     )
     planned_now = len(todo)
     if stage.needs_llm:
-        actors = pool.get() if todo else []
+        actors, peers = pools.for_stage(stage, later) if todo else ([], {})
         slots = [a for _ in range(SHARDS_IN_FLIGHT_PER_REPLICA) for a in actors]
 
         def submit(spec: ShardSpec, actor: Any) -> ray.ObjectRef:
-            return actor.run_shard.remote(spec)
+            return actor.run_shard.remote(spec, peers)
     else:
-        pool.release()
+        # Plain tasks need the CPUs the engines hold on a small machine.
+        pools.release()
         slots = [None] * len(todo)
 
         def submit(spec: ShardSpec, _: Any) -> ray.ObjectRef:
@@ -305,7 +209,7 @@ def run_stage(
         planned_now,
         time.perf_counter() - started,
         notes,
-        config.model.prices,
+        config.roster().models,
     )
 
 
@@ -330,17 +234,18 @@ def run_job(
     try:
         with holding(run_lock(config.run_dir)) as lock:
             prepare_run_dir(config, force_new_config)
-            pool = WorkerPool(config)
+            pools = EnginePools(config)
             # A lease taken over (object storage) stops the run before its next shard.
             guards: list[Guard] = [lambda *_: lock.lost(), GateGuard(config)]
             if config.budget_usd is not None:
                 guards.append(BudgetGuard(config))
             stages = []
             try:
-                for stage in STAGES:
-                    stages.append(run_stage(config, stage, pool, progress, guards))
+                for i, stage in enumerate(STAGES):
+                    later = STAGES[i + 1 :]
+                    stages.append(run_stage(config, stage, pools, progress, guards, later))
             finally:
-                pool.release()
+                pools.release()
             consistency = summarize_judgments(config.run_dir, config.stages.judge)
             overall = consistency.get("overall")
             summary = RunSummary(

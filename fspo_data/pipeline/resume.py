@@ -65,11 +65,26 @@ def stage_prompts(stage: Stage, config: JobConfig) -> dict[str, str]:
     return dict(sorted(hashes.items()))
 
 
+def model_recipe(stage: Stage, config: JobConfig) -> dict[str, Any]:
+    """The models a stage's records depend on: with one `model:`, its identity (the keys a
+    one-model run folder always had); with named models, which serves each of the stage's
+    roles and each one's identity. So changing one role's model recomputes only the stages
+    that role serves, and, through their content, what reads them."""
+    roster = config.roster()
+    if not roster.named:
+        return {f"model.{k}": v for k, v in config.model.identity().items()} if stage.roles else {}
+    recipe: dict[str, Any] = {f"roles.{role}": list(roster.roles[role]) for role in stage.roles}
+    if "candidates" in stage.roles and len(roster.roles["candidates"]) > 1:
+        recipe["roles.candidates.assign"] = roster.assign
+    for name in roster.names_of(stage.roles):
+        recipe |= {f"models.{name}.{k}": v for k, v in roster.models[name].identity().items()}
+    return recipe
+
+
 def shard_recipe(stage: Stage, domain: str, config: JobConfig) -> dict[str, str]:
     """What a shard of `stage` in `domain` is made from, as `key -> JSON value or hash`."""
     recipe: dict[str, Any] = dict(stage.settings(config))
-    if stage.needs_llm:
-        recipe |= {f"model.{k}": v for k, v in config.model.identity().items()}
+    recipe |= model_recipe(stage, config)
     spec = load_domain(domain, config.domains_dir)
     recipe |= {f"prompt:{key}": digest for key, digest in template_hashes(stage, spec).items()}
     taxonomy = spec.taxonomy_path.read_bytes()

@@ -7,6 +7,7 @@ summary covers all of its shards, not only those computed in the last attempt.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from fspo_data.core import storage
 from fspo_data.core.config import JudgeConfig
-from fspo_data.core.model_config import Prices
+from fspo_data.core.model_config import ModelConfig
 from fspo_data.core.shards import (
     Manifest,
     atomic_write_bytes,
@@ -23,7 +24,7 @@ from fspo_data.core.shards import (
 )
 from fspo_data.core.storage import Location
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
-from fspo_data.pipeline.cost import RunDollars, counter_dollars, usd
+from fspo_data.pipeline.cost import RunDollars, shard_dollars, usd
 from fspo_data.pipeline.gold import LEGEND as GOLD_LEGEND
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.verdicts import RICH_STYLES, Check
@@ -52,7 +53,7 @@ class StageSummary(BaseModel):
         ran: int,
         seconds: float,
         notes: list[str],
-        prices: Prices,
+        models: Mapping[str, ModelConfig],
     ) -> StageSummary:
         totals: Counter[str] = Counter()
         for entry in manifest.shards.values():
@@ -66,7 +67,7 @@ class StageSummary(BaseModel):
             wall_seconds=seconds,
             counters=dict(totals),
             notes=notes,
-            dollars=counter_dollars(prices, totals),
+            dollars=shard_dollars(models, totals),
         )
 
     @property

@@ -24,9 +24,10 @@ class CallTally:
     and to stop the shard at the first that failed because the endpoint was unavailable: a
     record is never dropped for an outage."""
 
-    def __init__(self, backend: LLMBackend) -> None:
+    def __init__(self, backend: LLMBackend, name: str | None = None) -> None:
         self.backend = backend
-        self.model_name = backend.model_name
+        # The roster's name of the model (core/roles_config.py), which its counters carry.
+        self.model_name = name or backend.model_name
         self.reset()
 
     def reset(self, spec: ShardSpec | None = None) -> None:

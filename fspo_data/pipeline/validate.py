@@ -14,9 +14,11 @@ from pathlib import Path
 from fspo_data.backends import backend_problems
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError
+from fspo_data.core.model_config import pools_resources
 from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.stages import STAGES
 
 # Ray sums fractional CPUs in floats.
 _SLACK = 1e-9
@@ -77,32 +79,45 @@ def domain_problems(config: JobConfig) -> list[str]:
 
 
 def resource_problems(config: JobConfig, resources: Mapping[str, float]) -> list[str]:
-    """`field: what is wrong` when the engine pool cannot be placed on `resources`.
+    """`field: what is wrong` when an engine pool, or the pools one stage needs at once, cannot
+    be placed on `resources`.
 
     `resources` is Ray's total by resource name, as `ray.cluster_resources()` gives it (a
     name it lacks is none). Every replica must be placed: shards are dealt to all of them, so
-    one replica left waiting for room would hold the run forever.
+    one replica left waiting for room would hold the run forever. Pools of different stages
+    need not fit together: one is let go before the next starts (pipeline/workers.py).
     """
-    model = config.model
-    wanted = {"CPU": (model.cpus_per_replica, "model.cpus_per_replica")}
-    if model.use_gpu:
-        wanted["GPU"] = (model.tensor_parallel_size, "model.tensor_parallel_size")
+    roster = config.roster()
     problems = []
-    for name, (each, field) in wanted.items():
-        have = resources.get(name, 0.0)
-        if model.replicas * each > have + _SLACK:
-            problems.append(
-                f"{field}: {model.replicas} replica(s) x {each:g} {name} need "
-                f"{model.replicas * each:g} {name}, but Ray has {have:g}; the pool would wait "
-                "forever for the rest"
-            )
+    for name, model in roster.models.items():
+        path = f"models.{name}" if roster.named else "model"
+        fields = {"CPU": f"{path}.cpus_per_replica", "GPU": f"{path}.tensor_parallel_size"}
+        for kind, each in model.replica_resources().items():
+            have = resources.get(kind, 0.0)
+            if model.replicas * each > have + _SLACK:
+                problems.append(
+                    f"{fields[kind]}: {model.replicas} replica(s) x {each:g} {kind} need "
+                    f"{model.replicas * each:g} {kind}, but Ray has {have:g}; the pool would "
+                    "wait forever for the rest"
+                )
+    for stage in STAGES:
+        names = roster.names_of(stage.roles)
+        if problems or len(names) < 2 or not stage.enabled(config):
+            continue
+        wanted = pools_resources([roster.models[n] for n in names])
+        for kind, n in wanted.items():
+            if n > resources.get(kind, 0.0) + _SLACK:
+                problems.append(
+                    f"roles: the {stage.name} stage needs the pools of {', '.join(names)} at "
+                    f"once, {n:g} {kind} in all, but Ray has {resources.get(kind, 0.0):g}"
+                )
     return problems
 
 
 def local_ray_resources(config: JobConfig) -> dict[str, float] | None:
     """What a local Ray will have, known before it starts; None where only Ray can tell (a
     cluster, or GPUs, which a local Ray counts as it starts)."""
-    if config.ray.address is not None or config.model.use_gpu:
+    if config.ray.address is not None or any(m.use_gpu for m in config.roster().models.values()):
         return None
     return {"CPU": float(config.ray.num_cpus or os.cpu_count() or 1)}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fspo_data.core.checks_config import ChecksConfig
-from fspo_data.core.config import GateConfig
+from fspo_data.core.judge_config import GateConfig
 
 if TYPE_CHECKING:  # summary.py stores `Check`s, so it imports this module
     from fspo_data.pipeline.consistency import Consistency

@@ -73,13 +73,25 @@ class ShardOutput:
 
 @dataclass
 class StageContext:
+    """What a shard runs with: the job's config and its models' backends.
+
+    `backends` maps each model name of the job's roster (`JobConfig.roster`) that the stage
+    uses to its backend; `backend` alone serves every role (tests and benchmarks).
+    """
+
     config: JobConfig
     backend: LLMBackend | None = None
+    backends: Mapping[str, LLMBackend] = field(default_factory=dict)
 
-    def llm(self) -> LLMBackend:
-        if self.backend is None:
-            raise RuntimeError("this stage needs a model backend but none was started")
-        return self.backend
+    def llm(self, role: str) -> LLMBackend:
+        """The backend of the model serving `role` (one of core/roles_config.py's ROLES)."""
+        return self.model(self.config.roster().name_of(role))
+
+    def model(self, name: str) -> LLMBackend:
+        backend = self.backends.get(name, self.backend)
+        if backend is None:
+            raise RuntimeError(f"this stage needs model {name!r} but no backend was started")
+        return backend
 
 
 @dataclass(frozen=True)
@@ -173,7 +185,11 @@ class Stage(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str
     record_type: type[Record] = Field(description="What each row of its shards is.")
-    needs_llm: bool = Field(description="Runs in an engine actor with a model backend.")
+    roles: tuple[str, ...] = Field(
+        default=(),
+        description="The model roles its calls go to (core/roles_config.py ROLES); none: it "
+        "runs as a plain Ray task, else in an engine actor of its first role's model.",
+    )
     inputs: tuple[StageInput, ...] = Field(
         default=(),
         description="Upstream stages read; a stage without `cut` follows the plan "
@@ -198,6 +214,10 @@ class Stage(BaseModel):
     estimate: Callable[[JobConfig, DomainSpec, Estimate], list[StageLoad]] | None = Field(
         default=None, description="Model work for `fspo-data plan` (None: no model calls)."
     )
+
+    @property
+    def needs_llm(self) -> bool:
+        return bool(self.roles)
 
     def shard_input(self) -> StageInput | None:
         """The input whose shards this stage's shards follow; None for a source stage."""
@@ -228,19 +248,26 @@ def gc_paused() -> Iterator[None]:
 
 
 def complete_whole(
-    ctx: StageContext, requests: list[ChatRequest], counters: Counter[str], what: str
+    ctx: StageContext,
+    model: str,
+    requests: list[ChatRequest],
+    counters: Counter[str],
+    what: str,
 ) -> list[Completion]:
-    """`complete_all`, then each completion cut at max_tokens asked once more with a larger
-    budget (`stages.truncation`); one cut again comes back failed (`bad_output`), so no stage
-    writes it as if whole. Counted as `{what}_regenerated_truncated` and `{what}_dropped_truncated`.
+    """`complete_all` on the named model, then each completion cut at max_tokens asked once
+    more with a larger budget (`stages.truncation`); one cut again comes back failed
+    (`bad_output`), so no stage writes it as if whole. Counted as `{what}_regenerated_truncated`
+    and `{what}_dropped_truncated`.
 
     The retry keeps the request's seed, so a seeded engine writes the same opening again.
     """
     # Both counters exist even at 0, so the verdict on truncated texts can tell "nothing cut"
     # from "no text of this kind generated".
     counters.update({f"{what}_regenerated_truncated": 0, f"{what}_dropped_truncated": 0})
-    completions = complete_all(ctx.llm(), requests, counters, what)
-    factor, context = ctx.config.stages.truncation.retry_factor, ctx.config.model.max_model_len
+    backend = ctx.model(model)
+    completions = complete_all(backend, requests, counters, what)
+    factor = ctx.config.stages.truncation.retry_factor
+    context = ctx.config.roster().models[model].max_model_len
     retries: dict[int, ChatRequest] = {}
     for i, (request, completion) in enumerate(zip(requests, completions, strict=True)):
         if not (completion.ok and completion.truncated):
@@ -253,7 +280,7 @@ def complete_whole(
     if not retries:
         return completions
     counters[f"{what}_regenerated_truncated"] += len(retries)
-    again = complete_all(ctx.llm(), list(retries.values()), counters, what)
+    again = complete_all(backend, list(retries.values()), counters, what)
     for i, completion in zip(retries, again, strict=True):
         completions[i] = (
             _dropped_truncated(completion, counters, what) if completion.truncated else completion

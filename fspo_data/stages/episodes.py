@@ -265,7 +265,6 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="episodes",
     record_type=Episode,
-    needs_llm=False,
     inputs=(
         StageInput(stage="personas", align="shard"),
         StageInput(stage="judge", align="shard"),

@@ -130,7 +130,7 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
         )
         for p in probes
     ]
-    first, second = judge_both_orders(ctx.llm(), pairs, settings, counters, "gold")
+    first, second = judge_both_orders(ctx.llm("judge"), pairs, settings, counters, "gold")
     verdicts = reconcile_all(first, second, settings)
     answer_x = np.array([p.answer_x for p in probes])
     right = verdicts.prefers_x == answer_x
@@ -186,7 +186,7 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
 STAGE = Stage(
     name="gold",
     record_type=GoldJudgment,
-    needs_llm=True,
+    roles=("judge",),
     inputs=PAIR_INPUTS,
     settings=config_slice("seed", "counts.pool_pairs", *JUDGING_SETTINGS),
     # The judge's templates (stages.judge.layout picks one) and the domain's gold rule, which

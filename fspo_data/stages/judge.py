@@ -166,7 +166,9 @@ def refine(
         counters["refine_rounds_run"] += 1
         counters["users_refined"] += len(changed)
         rows = [row for user in changed for row in rows_of[user]]
-        relabelled = judge_pass(ctx.llm(), settings, pool, jobs.take(rows), descriptions, counters)
+        relabelled = judge_pass(
+            ctx.llm("judge"), settings, pool, jobs.take(rows), descriptions, counters
+        )
         margins.first[rows], margins.second[rows] = relabelled.first, relabelled.second
     return descriptions
 
@@ -286,7 +288,7 @@ def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     pool = Pool.of(inputs)
     jobs = Jobs.assign(inputs, pool, config)
     descriptions = {p.persona_uuid: p.persona_description for p in inputs.personas}
-    margins = judge_pass(ctx.llm(), settings, pool, jobs, descriptions, counters)
+    margins = judge_pass(ctx.llm("judge"), settings, pool, jobs, descriptions, counters)
     initial_lean = margins.lean()
     descriptions = refine(inputs, pool, jobs, margins, ctx, domain, counters)
     verdicts = reconcile_all(margins.first, margins.second, settings)
@@ -333,7 +335,7 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
         request = judge_requests(*values.values(), settings, 0)[0]
         load = est.load("judge", counts.users * calls_per_user, request)
         cached = 0
-        if config.model.enable_prefix_caching and calls_per_user:
+        if config.roster().of("judge").enable_prefix_caching and calls_per_user:
             prefix = math.ceil(len(shared_prefix(settings.layout, values)) / est.chars_per_token)
             cached = round((counts.users * calls_per_user - groups) * prefix)
         total = total + StageLoad("judge", load.calls, load.prompt_tokens, cached, load.calls)
@@ -351,7 +353,7 @@ LABEL_SETTINGS = tuple(
 STAGE = Stage(
     name="judge",
     record_type=Judgment,
-    needs_llm=True,
+    roles=("judge",),
     inputs=PAIR_INPUTS,
     settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
     # Both layouts' templates: `stages.judge.layout`, in its settings, picks the one rendered.

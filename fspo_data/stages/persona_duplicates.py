@@ -80,7 +80,6 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="persona_duplicates",
     record_type=PersonaDuplicate,
-    needs_llm=False,
     inputs=(StageInput(stage="personas", align="domain"),),
     settings=config_slice(
         "stages.persona_checks.minhash_threshold",

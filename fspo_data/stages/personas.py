@@ -118,7 +118,9 @@ def describe(
             persona_request(traits[i], ctx.config.stages.personas, derived_seed(ids[i], attempt))
             for i in pending
         ]
-        completions = complete_whole(ctx, requests, counters, "personas")
+        completions = complete_whole(
+            ctx, ctx.config.roster().name_of("personas"), requests, counters, "personas"
+        )
         candidates = {}
         for i, completion in zip(pending, completions, strict=True):
             if not completion.ok:  # already counted: personas_failed or _dropped_truncated
@@ -199,7 +201,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="personas",
     record_type=Persona,
-    needs_llm=True,
+    roles=("personas",),
     settings=settings,
     prompts=prompts,
     cut=cut,

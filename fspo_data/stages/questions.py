@@ -89,7 +89,9 @@ def phrase_questions(
             question_request(domain, chosen[i], sampling, derived_seed(ids[i], attempt))
             for i in pending
         ]
-        completions = complete_whole(ctx, requests, counters, "questions")
+        completions = complete_whole(
+            ctx, ctx.config.roster().name_of("questions"), requests, counters, "questions"
+        )
         for i, c in zip(pending, completions, strict=True):
             phrased[i] = parse_question(c.text) if c.ok else None
     return phrased
@@ -149,7 +151,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="questions",
     record_type=Question,
-    needs_llm=True,
+    roles=("questions",),
     # Unparsable questions are retried up to the persona checks' attempts.
     settings=config_slice(
         "seed", "stages.questions", "stages.persona_checks.max_attempts", "stages.truncation"

@@ -68,7 +68,10 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     counters: Counter[str] = Counter()
     sampling = ctx.config.stages.rationales.sampling
     completions = complete_all(
-        ctx.llm(), [rationale_request(e, sampling) for e in episodes], counters, "rationales"
+        ctx.llm("rationales"),
+        [rationale_request(e, sampling) for e in episodes],
+        counters,
+        "rationales",
     )
     records = []
     for episode, completion in zip(episodes, completions, strict=True):
@@ -83,7 +86,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="rationales",
     record_type=RatEpisode,
-    needs_llm=True,
+    roles=("rationales",),
     inputs=(StageInput(stage="episodes", align="shard"),),
     settings=config_slice("stages.rationales"),
     prompts=lambda _: ("rationale",),

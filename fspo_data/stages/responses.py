@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from fspo_data.core.chat import ChatRequest
+from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question, Response, derived_seed, stable_id
 from fspo_data.domains import DomainSpec, load_domain
@@ -101,8 +101,9 @@ def choose_views(
     if not domain.responses.views_from_model:
         return [fixed_views(domain, q, count) for q in questions]
     sampling = ctx.config.stages.views
+    requests = [views_request(q, count, sampling) for q in questions]
     listings = complete_whole(
-        ctx, [views_request(q, count, sampling) for q in questions], counters, "views"
+        ctx, ctx.config.roster().name_of("views"), requests, counters, "views"
     )
     chosen = []
     for listing in listings:
@@ -160,18 +161,57 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
     return [views, est.load("responses", questions * count, request)]
 
 
+def assign_writers(
+    questions: list[Question], views: list[list[str]], writers: list[str], policy: str
+) -> list[tuple[Question, str, str]]:
+    """(question, view, model) for every candidate to write. 'round_robin' deals view j of
+    question i to writer (i + j) mod n, so an ensemble's models share every question and every
+    view position evenly; 'every' has each view answered by each writer."""
+    if policy == "every":
+        return [
+            (q, v, w)
+            for q, q_views in zip(questions, views, strict=True)
+            for v in q_views
+            for w in writers
+        ]
+    return [
+        (q, v, writers[(q.index + j) % len(writers)])
+        for q, q_views in zip(questions, views, strict=True)
+        for j, v in enumerate(q_views)
+    ]
+
+
+def response_uuid(question: Question, view: str, model: str, policy: str) -> str:
+    # A view is answered once unless every writer answers it; only then does the model tell
+    # the candidates apart (so a one-model job keeps its ids).
+    if policy == "every":
+        return stable_id("response", question.question_uuid, view, model)
+    return stable_id("response", question.question_uuid, view)
+
+
 def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
     config = ctx.config
+    roster = config.roster()
     count = config.counts.candidates_per_question
     questions = records_from_table(inputs["questions"], Question)
     domain = load_domain(spec.domain, config.domains_dir)
     counters: Counter[str] = Counter()
     views = choose_views(domain, questions, count, ctx, counters)
-    planned = [(q, view) for q, q_views in zip(questions, views, strict=True) for view in q_views]
-    requests = [response_request(domain, q, v, config.stages.responses) for q, v in planned]
-    completions = complete_whole(ctx, requests, counters, "responses")
+    planned = assign_writers(questions, views, list(roster.roles["candidates"]), roster.assign)
+    completions: dict[int, Completion] = {}
+    for writer in roster.roles["candidates"]:
+        mine = [i for i, (_, _, w) in enumerate(planned) if w == writer]
+        requests = [
+            response_request(domain, planned[i][0], planned[i][1], config.stages.responses)
+            for i in mine
+        ]
+        for i, completion in zip(
+            mine, complete_whole(ctx, writer, requests, counters, "responses"), strict=True
+        ):
+            completions[i] = completion
     records = []
-    for (question, view), completion in zip(planned, completions, strict=True):
+    for i, (question, view, writer) in enumerate(planned):
+        completion = completions[i]
         if not completion.ok:  # already counted: responses_failed or _dropped_truncated
             continue
         text = completion.text.strip()
@@ -180,12 +220,12 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
             continue
         records.append(
             Response(
-                response_uuid=stable_id("response", question.question_uuid, view),
+                response_uuid=response_uuid(question, view, writer, roster.assign),
                 question_uuid=question.question_uuid,
                 domain=spec.domain,
                 view=view,
                 response=text,
-                model=ctx.llm().model_name,
+                model=writer,
                 completion_tokens=completion.completion_tokens,
             )
         )
@@ -195,7 +235,7 @@ def run(spec: ShardSpec, inputs: Inputs, ctx: StageContext) -> ShardOutput:
 STAGE = Stage(
     name="responses",
     record_type=Response,
-    needs_llm=True,
+    roles=("views", "candidates"),
     inputs=(StageInput(stage="questions", align="shard"),),
     settings=config_slice(
         "counts.candidates_per_question", "stages.views", "stages.responses", "stages.truncation"

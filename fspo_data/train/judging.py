@@ -1,8 +1,8 @@
 """The pipeline's judge as the evaluation's judge: both orders, debiased margins.
 
 `run_eval` compares the trained model's answers with the base model's for each held-out
-user; this asks the run's own judge backend through `fspo_data.judging`, exactly as the
-judge stage does (the prompt layout of `stages.judge.layout`, one letter read from
+user; this asks the run's evaluation judge (`roles.eval_judge`) through `fspo_data.judging`,
+exactly as the judge stage does (the prompt layout of `stages.judge.layout`, one letter read from
 log-probabilities, both orders, requests in the layout's prefix order).
 """
 
@@ -20,8 +20,9 @@ from fspo_data.train.evaluate import Judge
 
 
 def pipeline_judge(config: JobConfig) -> Judge:
-    """A `Judge` backed by the job's model backend, started in this process."""
-    backend = make_backend(config.model)
+    """A `Judge` backed by the job's `eval_judge` model (`roles.eval_judge`; with one `model:`,
+    that model), started in this process."""
+    backend = make_backend(config.roster().of("eval_judge"))
     settings = config.stages.judge
 
     def judge(

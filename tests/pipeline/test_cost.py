@@ -8,7 +8,7 @@ from rich.console import Console
 
 from fspo_data.core.config import JobConfig
 from fspo_data.core.config_files import ConfigError, dump_config, load_yaml_model
-from fspo_data.core.model_config import Prices
+from fspo_data.core.model_config import ModelConfig, Prices
 from fspo_data.core.shards import Manifest, ShardEntry, save_manifest
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import counter_dollars, run_dollars, usd
@@ -83,7 +83,8 @@ def test_the_summary_shows_each_stages_dollars():
     manifest = Manifest(stage="judge", schema="", config_fingerprint="f", package_versions={})
     for i, tokens in enumerate((300, 500)):
         manifest.shards[f"x-{i}"] = entry(completion_tokens=tokens)
-    judge = StageSummary.from_manifest("judge", manifest, 2, 2, 1.0, [], prices)
+    models = {"m": ModelConfig(prices=prices)}
+    judge = StageSummary.from_manifest("judge", manifest, 2, 2, 1.0, [], models)
     assert judge.dollars == pytest.approx(0.8)
     summary = RunSummary(run_dir="r", config_fingerprint="f", wall_seconds=1.0, stages=[judge],
                          dollars=run_dollars([judge.dollars], 16))  # fmt: skip

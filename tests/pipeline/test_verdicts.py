@@ -13,8 +13,9 @@ from rich.console import Console
 
 from fspo_data import cli
 from fspo_data.core.checks_config import ChecksConfig
-from fspo_data.core.config import GateConfig, JobConfig
+from fspo_data.core.config import JobConfig
 from fspo_data.core.config_files import dump_config
+from fspo_data.core.judge_config import GateConfig
 from fspo_data.pipeline.consistency import Consistency
 from fspo_data.pipeline.dataset_card import front_matter, render_card
 from fspo_data.pipeline.gold import GoldFigures

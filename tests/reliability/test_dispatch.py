@@ -18,7 +18,8 @@ import ray
 from fspo_data.core.config import JobConfig
 from fspo_data.core.shards import load_manifest
 from fspo_data.pipeline.dispatch import SHARDS_IN_FLIGHT_PER_REPLICA
-from fspo_data.pipeline.orchestrator import ShardWorker, WorkerPool, init_ray, run_stage
+from fspo_data.pipeline.orchestrator import init_ray, run_stage
+from fspo_data.pipeline.workers import EnginePools, ShardWorker, actor_options
 from fspo_data.stages import STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import ShardSpec
 from tests.reliability.conftest import instant_config, local_ray  # noqa: F401 (fixture)
@@ -75,7 +76,7 @@ class GatedReplica(ShardWorker):
 
 
 def start_replicas(config: JobConfig, roles: list[str], marks: Path) -> list:
-    actor_class = ray.remote(GatedReplica).options(**WorkerPool(config).actor_options())
+    actor_class = ray.remote(GatedReplica).options(**actor_options(config.model))
     return [actor_class.remote(config, i, role, marks) for i, role in enumerate(roles)]
 
 
@@ -102,7 +103,7 @@ def test_a_slow_replica_delays_only_its_own_shard(tmp_path, local_ray):  # noqa:
     config = personas_config(tmp_path / "run")
     init_ray(config)
     actors = start_replicas(config, ["slow", "fast", "fast"], tmp_path)
-    run_stage(config, PERSONAS, WorkerPool(config, actors=actors), progress=False)
+    run_stage(config, PERSONAS, EnginePools.given(config, actors), progress=False)
 
     by_replica = shards_by_replica(config)
     total = len(plan_shards(PERSONAS, config))
@@ -116,7 +117,7 @@ def test_a_lost_replicas_shard_goes_back_to_the_queue(tmp_path, local_ray):  # n
     config = personas_config(tmp_path / "run")
     init_ray(config)
     actors = start_replicas(config, ["lost", "fast", "fast"], tmp_path)
-    pool = WorkerPool(config, actors=actors)
+    pool = EnginePools.given(config, actors)
     started = tmp_path / "started-0"
     with ThreadPoolExecutor(max_workers=1) as job:
         future = job.submit(run_stage, config, PERSONAS, pool, False)

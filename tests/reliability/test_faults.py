@@ -30,8 +30,8 @@ from fspo_data.core.shards import (
     save_manifest,
     write_shard,
 )
-from fspo_data.pipeline.orchestrator import execute_shard
 from fspo_data.pipeline.tally import CallTally, ModelUnavailable
+from fspo_data.pipeline.workers import execute_shard
 from fspo_data.stages import STAGES, STAGES_BY_NAME, plan_shards
 from fspo_data.stages.base import StageContext
 from tests.backends.fake_openai_server import FakeOpenAIServer, Fault

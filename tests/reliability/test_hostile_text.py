@@ -40,7 +40,8 @@ from fspo_data.core.records import (
 )
 from fspo_data.core.shards import Manifest, read_committed, save_manifest, write_shard
 from fspo_data.domains import BUILT_IN_DIR
-from fspo_data.pipeline.orchestrator import execute_shard, run_job
+from fspo_data.pipeline.orchestrator import run_job
+from fspo_data.pipeline.workers import execute_shard
 from fspo_data.prompts import PROMPT_DIR, render, render_file
 from fspo_data.stages import STAGES, plan_shards
 from fspo_data.stages.base import StageContext, records_from_table
