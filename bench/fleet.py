@@ -95,9 +95,9 @@ class FleetReplica(ShardWorker):
         self.tally = CallTally(TimedReplicaDouble(config, speed))
         self.ctx = StageContext(config=config, backend=self.tally)
 
-    def run_shard(self, spec: Any) -> ShardEntry:
+    def run_shard(self, spec: Any, peers: dict[str, list] | None = None) -> ShardEntry:
         started = time.time()
-        entry = super().run_shard(spec)
+        entry = super().run_shard(spec, peers)
         entry.counters |= {
             "fleet_replica": self.index,
             "fleet_start_ms": round(started * 1000),

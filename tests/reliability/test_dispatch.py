@@ -63,14 +63,14 @@ class GatedReplica(ShardWorker):
                 (marks / "held-for-restart").touch()  # its shard waited for it
                 raise
 
-    def run_shard(self, spec: ShardSpec) -> object:
+    def run_shard(self, spec: ShardSpec, peers: dict[str, list] | None = None) -> object:
         if self.role == "slow" and not self.held:
             self.held = True
             wait_for_shards(self.ctx.config, self.total - SHARDS_IN_FLIGHT_PER_REPLICA)
         if self.role == "lost" and not self.started.exists():
             self.started.write_text(spec.name)
             wait_for_shards(self.ctx.config, self.total + 1)  # never: killed meanwhile
-        entry = super().run_shard(spec)
+        entry = super().run_shard(spec, peers)
         entry.counters["replica"] = self.index
         return entry
 
