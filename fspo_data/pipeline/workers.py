@@ -175,7 +175,9 @@ class EnginePools:
         on a small machine pools run one after another instead of waiting on each other)."""
         roster = self.config.roster()
         names = roster.names_of(stage.roles)
-        needed_later = {n for s in (stage, *later) for n in roster.names_of(s.roles)}
+        needed_later = {
+            n for s in (stage, *later) if s.enabled(self.config) for n in roster.names_of(s.roles)
+        }
         self.release(keep=needed_later)
         if not self._fit_beside_held(names):
             self.release(keep=set(names))

@@ -51,17 +51,28 @@ def question_request(
 
 
 QUESTION = re.compile(r"[A-Z][^.!?:\"“”\n]*\?")
+# What a user would not ask: a question about questions, answers or the assistant, or the
+# assistant's own offer to the user. The embedded model writes these ("Is there a question
+# asking the best?", "Would you like me to suggest ...?"); a candidate can only answer them
+# with nonsense, and every pair built on them is noise.
+NOT_A_USERS_QUESTION = re.compile(
+    r"\b(questions?|answers?|assistants?|AI|chatbots?|language models?)\b"
+    r"|^(Would you like me|Do you want me|Shall I|Should I|May I|Can I help|How can I help|"
+    r"Are you looking for)\b",
+    re.IGNORECASE,
+)
 
 
 def parse_question(text: str) -> str | None:
-    """The first question sentence in the text; None if there is none.
+    """The first question sentence in the text that a user would ask; None if there is none.
 
     Small models wrap their question (`A person might ask, "Which ...?"`) or chat around it,
-    so the first capitalised run ending in "?" with no quote, colon or sentence end is taken.
+    so the first capitalised run ending in "?" with no quote, colon or sentence end is taken,
+    unless it is about questions, answers or the assistant, or the assistant's offer.
     """
     for match in QUESTION.finditer(text):
         question = match.group().strip()
-        if len(question) >= 10:
+        if len(question) >= 10 and not NOT_A_USERS_QUESTION.search(question):
             return question
     return None
 

@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 from fspo_data.core.chat import Completion
 from fspo_data.core.config import JobConfig, SamplingConfig
 from fspo_data.core.records import Question
@@ -169,3 +171,27 @@ def test_questions_that_come_back_as_answers_are_asked_again(tmp_path):
     ]
     assert output.counters["questions_regenerated"] == 1
     assert backend.requests[2].seed != backend.requests[0].seed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Written by the embedded model in the demo run (runs/demo, 2026-11-29).
+        "Is there a question asking the best?",
+        "Is there a question better suited to an AI assistant?",
+        "Would you like me to suggest a classical music presentation that holds a special place?",
+        "Are you looking for a mystery, a puzzle, a metaphor, or a metaphor about board games?",
+        "What is the answer to this?",
+    ],
+)
+def test_questions_no_user_would_ask_are_refused(text: str) -> None:
+    assert questions.parse_question(text) is None
+    # A user's question later in the same text is still found.
+    assert questions.parse_question(f"{text} Which tent suits a rainy weekend?") == (
+        "Which tent suits a rainy weekend?"
+    )
+
+
+def test_users_questions_pass() -> None:
+    for text in ("How to cook a perfect vegan meal?", "What's a game that never changes?"):
+        assert questions.parse_question(text) == text
