@@ -87,7 +87,9 @@ def model_counters(
     that model: its totals."""
     by_model = counters_by_model(counters)
     if not by_model and len(models) == 1:
-        return {next(iter(models)): dict(counters)}
+        # Its calls were counted only per kind of request (`<what>_requests`).
+        calls = sum(n for key, n in counters.items() if key.endswith("_requests"))
+        return {next(iter(models)): {**counters, "requests": calls}}
     return by_model
 
 

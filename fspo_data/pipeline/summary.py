@@ -136,8 +136,7 @@ def model_summaries(roster: ModelRoster, stages: list[StageSummary]) -> list[Mod
             ModelSummary(
                 model=name,
                 roles=roster.roles_of(name),
-                # A shard written before models had counters of their own has no `requests`.
-                requests=c["requests"] or sum(v for k, v in c.items() if k.endswith("_requests")),
+                requests=c["requests"],
                 prompt_tokens=c["prompt_tokens"],
                 cached_prompt_tokens=c["cached_prompt_tokens"],
                 completion_tokens=c["completion_tokens"],
