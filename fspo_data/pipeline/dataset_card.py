@@ -200,19 +200,13 @@ def _provenance(config: JobConfig | None, manifests: Mapping[str, Manifest]) -> 
     return "\n".join(lines)
 
 
-def _weights(model: ModelConfig) -> str:
-    """What a model is: the weights an engine loads, or the name an endpoint serves."""
-    if model.backend == "openai" and model.openai is not None:
-        return model.openai.model
-    return model.model
-
-
 def _describe(model: ModelConfig) -> str:
+    """What a model is: the weights an engine loads, or the name an endpoint serves."""
     if model.backend == "instant-benchmark-double":
         return "backend instant-benchmark-double (seeded stand-in text, no weights)"
     if model.backend == "openai":
-        return f"backend openai, served name `{_weights(model)}`"
-    return f"backend {model.backend}, weights `{_weights(model)}`, dtype {model.dtype}"
+        return f"backend openai, served name `{model.served_name}`"
+    return f"backend {model.backend}, weights `{model.model}`, dtype {model.dtype}"
 
 
 def _models_per_role(roster: ModelRoster) -> list[str]:
@@ -387,7 +381,8 @@ def _embedded_note(roster: ModelRoster) -> list[str]:
     roles = [
         role
         for name, model in roster.models.items()
-        if _weights(model).startswith("embedded:")
+        # Only an in-process engine loads `model`; an endpoint serves what it serves.
+        if model.backend == "vllm" and model.model.startswith("embedded:")
         for role in roster.roles_of(name)
     ]
     if not roles:

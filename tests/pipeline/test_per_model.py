@@ -358,3 +358,5 @@ def test_the_card_lists_the_model_of_each_role_and_each_models_tokens():
     assert "(personas, questions, views, candidates, rationales, eval_judge)" in note
     assert "weak judge" not in note
     assert "SmolLM2" not in _limitations(config)
+    double = JobConfig(run_dir="x", model={"backend": "instant-benchmark-double"})
+    assert "SmolLM2" not in _limitations(double)  # its `model` default names no weights it loads
