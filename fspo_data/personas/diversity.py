@@ -182,25 +182,67 @@ def trait_stats(counts: Mapping[str, int], weights: Mapping[str, float]) -> Trai
     )
 
 
-def candidate_similarity(embeddings: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Mean pairwise cosine among each question's candidate responses (the FSPO paper's measure).
-
-    embeddings: (r, d) unit rows; groups: (r,) question index in [0, q). Returns (q,), NaN for a
-    question with fewer than two candidates. Per question, with s = sum of its k rows:
-    (|s|^2 - sum |x|^2) / (k (k - 1)), as in `mean_pairwise_cosine`.
-    """
-    _check_unit_rows(embeddings)
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
+def _pair_sums(
+    embeddings: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group in [0, n_groups): the sum of cosines over ordered pairs of two of its rows,
+    and the number of such pairs. With s = sum of a group's k rows: |s|^2 - sum |x|^2 and
+    k (k - 1), as in `mean_pairwise_cosine`."""
     sums = np.zeros((n_groups, embeddings.shape[1]))
     np.add.at(sums, groups, embeddings)
     squares = np.bincount(
         groups, weights=np.einsum("ij,ij->i", embeddings, embeddings), minlength=n_groups
     )
     k = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    return np.einsum("ij,ij->i", sums, sums) - squares, k * (k - 1)
+
+
+def _means(total: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        similarity = (np.einsum("ij,ij->i", sums, sums) - squares) / (k * (k - 1))
-    similarity[k < 2] = np.nan
-    return similarity
+        return np.where(pairs > 0, total / pairs, np.nan)
+
+
+def candidate_similarity(embeddings: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean pairwise cosine among each question's candidate responses (the FSPO paper's measure).
+
+    embeddings: (r, d) unit rows; groups: (r,) question index in [0, q). Returns (q,), NaN for a
+    question with fewer than two candidates.
+    """
+    _check_unit_rows(embeddings)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    return _means(*_pair_sums(embeddings, groups, n_groups))
+
+
+@dataclass(frozen=True)
+class WriterSimilarity:
+    """Per question (q,), NaN where it has no such pair: `within[w]`, the mean cosine over
+    pairs of its candidates both written by w; `cross`, over pairs written by two writers."""
+
+    within: dict[str, np.ndarray]
+    cross: np.ndarray
+
+
+def writer_similarity(
+    embeddings: np.ndarray, groups: np.ndarray, writers: np.ndarray
+) -> WriterSimilarity:
+    """`candidate_similarity` split by who wrote the two candidates of a pair (an ensemble).
+
+    embeddings, groups as in `candidate_similarity`; writers: (r,) the model of each row.
+    A question's pairs are its pairs within each writer plus its cross pairs, so the cross
+    sums are the question's all-pairs sums less its within-writer ones.
+    """
+    _check_unit_rows(embeddings)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    names, code = np.unique(writers, return_inverse=True)
+    n = len(names)
+    # One group per (question, writer).
+    total, pairs = _pair_sums(embeddings, groups * n + code, n_groups * n)
+    total, pairs = total.reshape(n_groups, n), pairs.reshape(n_groups, n)
+    all_total, all_pairs = _pair_sums(embeddings, groups, n_groups)
+    return WriterSimilarity(
+        within={str(name): _means(total[:, w], pairs[:, w]) for w, name in enumerate(names)},
+        cross=_means(all_total - total.sum(axis=1), all_pairs - pairs.sum(axis=1)),
+    )
 
 
 @dataclass(frozen=True)

@@ -79,16 +79,26 @@ def counter_dollars(prices: Prices, counters: Mapping[str, int]) -> float | None
     )
 
 
-def shard_dollars(models: Mapping[str, ModelConfig], counters: Mapping[str, int]) -> float | None:
-    """Dollars of a shard, or a stage, whose calls may have gone to several models: each
-    model's counters (`model/<name>/...`) at its own prices. A shard of a one-model job
-    written before models had counters of their own is priced on its totals."""
+def model_counters(
+    models: Mapping[str, ModelConfig], counters: Mapping[str, int]
+) -> dict[str, dict[str, int]]:
+    """Each model's counters in a shard's, or a stage's (`model/<name>/...`). A shard of a
+    one-model job written before models had counters of their own counts all its work for
+    that model: its totals."""
     by_model = counters_by_model(counters)
     if not by_model and len(models) == 1:
-        return counter_dollars(next(iter(models.values())).prices, counters)
+        # Its calls were counted only per kind of request (`<what>_requests`).
+        calls = sum(n for key, n in counters.items() if key.endswith("_requests"))
+        return {next(iter(models)): {**counters, "requests": calls}}
+    return by_model
+
+
+def shard_dollars(models: Mapping[str, ModelConfig], counters: Mapping[str, int]) -> float | None:
+    """Dollars of a shard, or a stage, whose calls may have gone to several models: each
+    model's counters at its own prices."""
     figures = [
-        counter_dollars(models[name].prices, model_counters)
-        for name, model_counters in by_model.items()
+        counter_dollars(models[name].prices, counts)
+        for name, counts in model_counters(models, counters).items()
         if name in models
     ]
     given = [d for d in figures if d is not None]

@@ -53,6 +53,7 @@ from fspo_data.pipeline.resume import drop_stale, open_manifest, prepare_run_dir
 from fspo_data.pipeline.summary import (
     RunSummary,
     StageSummary,
+    model_summaries,
     summarize_judgments,
     write_summary,
 )
@@ -258,6 +259,7 @@ def run_job(
                 dollars=run_dollars(
                     (s.dollars for s in stages), overall.pairs_kept if overall else 0
                 ),
+                models=model_summaries(config.roster(), stages),
             )
             summary = with_verdicts(summary, config.checks, config.stages.judge.gate)
             write_summary(config.run_dir, summary)

@@ -17,6 +17,7 @@ per shard and pass, the rest of its calls counted as cached (stages/judge.py `es
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,13 @@ DEFAULT_PROMPT_TOKENS_PER_S = 5000.0
 DEFAULT_GEN_TOKENS_PER_S = 1000.0
 
 
+# Per-GPU rates: prompt (prefill) tokens per second, generated (decode) tokens per second.
+Rates = tuple[float, float]
+# The role whose model does each kind of work a `Stage.estimate` sizes; any other kind of
+# work is its own role's (personas, questions, views, judge, rationales).
+ROLE_OF_WORK = {"responses": "candidates", "gold": "judge"}
+
+
 @dataclass(frozen=True)
 class DomainCounts:
     users: int
@@ -51,9 +59,9 @@ class DomainCounts:
     pairs_per_user: int
 
 
-def domain_plan(
+def _estimate(
     config: JobConfig, name: str, chars_per_token: float = CHARS_PER_TOKEN
-) -> tuple[dict[str, list[StageLoad]], DomainCounts]:
+) -> tuple[dict[str, list[StageLoad]], dict[str, int]]:
     """Each stage's `estimate` in run order over one domain, by the stage that runs it (a stage
     may size several kinds of work: responses sizes 'views' and 'responses'), and the counts
     they settled."""
@@ -68,31 +76,68 @@ def domain_plan(
         for stage in STAGES
         if stage.estimate is not None and stage.enabled(config)
     }
-    counts = DomainCounts(
-        config.counts.users,
-        config.counts.questions,
-        est.counts["candidates"],
-        est.counts["pool_pairs"],
-        est.counts["pairs_per_user"],
-    )
-    return loads, counts
+    return loads, est.counts
 
 
 def domain_counts(config: JobConfig, name: str) -> DomainCounts:
-    return domain_plan(config, name)[1]
+    counts = _estimate(config, name)[1]
+    keys = ("candidates", "pool_pairs", "pairs_per_user")
+    return DomainCounts(config.counts.users, config.counts.questions, *map(counts.get, keys))
+
+
+def split_by_model(
+    config: JobConfig, load: StageLoad, counts: Mapping[str, int]
+) -> list[tuple[str, StageLoad]]:
+    """`load` as the work of each model serving its role: the candidates' answers as the
+    ensemble deals them (`counts["candidates/<model>"]`, set by the responses estimate);
+    every call of a kind is one size, so tokens split like calls."""
+    from fspo_data.stages.base import StageLoad
+
+    roster = config.roster()
+    role = ROLE_OF_WORK.get(load.stage, load.stage)
+    if role != "candidates":
+        return [(roster.name_of(role), load)]
+    parts = []
+    for name in roster.roles["candidates"]:
+        calls = counts.get(f"candidates/{name}", 0)
+        tokens = (load.prompt_tokens, load.cached_prompt_tokens, load.generated_tokens)
+        shares = [n * calls // load.calls if load.calls else 0 for n in tokens]
+        parts.append((name, StageLoad(load.stage, calls, *shares)))
+    return parts
+
+
+def model_stage_loads(
+    config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN
+) -> dict[str, dict[tuple[str, str], StageLoad]]:
+    """Stage -> (kind of work, model) -> its StageLoad, summed over the job's domains."""
+    totals: dict[str, dict[tuple[str, str], StageLoad]] = {}
+    for domain in config.domains:
+        loads, counts = _estimate(config, domain, chars_per_token)
+        for stage, stage_loads_ in loads.items():
+            work = totals.setdefault(stage, {})
+            for load in stage_loads_:
+                for model, part in split_by_model(config, load, counts):
+                    key = (load.stage, model)
+                    work[key] = work[key] + part if key in work else part
+    return totals
 
 
 def stage_loads(
     config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN
 ) -> dict[str, list[StageLoad]]:
-    """Each LLM stage's StageLoads, one per kind of work, summed over the job's domains."""
-    totals: dict[str, dict[str, StageLoad]] = {}
-    for domain in config.domains:
-        for stage, loads in domain_plan(config, domain, chars_per_token)[0].items():
-            kinds = totals.setdefault(stage, {})
-            for load in loads:
-                kinds[load.stage] = kinds[load.stage] + load if load.stage in kinds else load
-    return {stage: list(kinds.values()) for stage, kinds in totals.items()}
+    """Each LLM stage's StageLoads, one per kind of work, summed over the job's domains and
+    models."""
+    return _by_kind(model_stage_loads(config, chars_per_token))
+
+
+def _by_kind(work: Mapping[str, Mapping[tuple[str, str], StageLoad]]) -> dict[str, list[StageLoad]]:
+    totals: dict[str, list[StageLoad]] = {}
+    for stage, parts in work.items():
+        kinds: dict[str, StageLoad] = {}
+        for (kind, _), load in parts.items():
+            kinds[kind] = kinds[kind] + load if kind in kinds else load
+        totals[stage] = list(kinds.values())
+    return totals
 
 
 def job_loads(config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN) -> list[StageLoad]:
@@ -101,23 +146,94 @@ def job_loads(config: JobConfig, chars_per_token: float = CHARS_PER_TOKEN) -> li
     return [load for loads in stage_loads(config, chars_per_token).values() for load in loads]
 
 
+def _cost(
+    config: JobConfig,
+    parts: list[tuple[str, StageLoad]],
+    rates: Rates,
+    model_rates: Mapping[str, Rates] | None,
+) -> tuple[float, float | None]:
+    """GPU-hours of some models' work, each at its model's rates (`model_rates`, else
+    `rates`), and its dollars, each at its model's prices; None when none has prices."""
+    models = config.roster().models
+    hours, dollars = 0.0, []
+    for name, load in parts:
+        gpu_hours = load.gpu_hours(*(model_rates or {}).get(name, rates))
+        hours += gpu_hours
+        dollars.append(load_dollars(models[name], load, gpu_hours))
+    priced = [d for d in dollars if d is not None]
+    return hours, sum(priced) if priced else None
+
+
 def stage_dollars(
     config: JobConfig,
     prompt_per_s: float = DEFAULT_PROMPT_TOKENS_PER_S,
     gen_per_s: float = DEFAULT_GEN_TOKENS_PER_S,
     chars_per_token: float = CHARS_PER_TOKEN,
+    model_rates: Mapping[str, Rates] | None = None,
 ) -> dict[str, float]:
-    """Estimated dollars of each LLM stage at the config's prices ({} without prices); an
-    hourly rate is charged on the stage's GPU-hours at the given per-GPU rates."""
-    if not config.model.prices.given:
+    """Estimated dollars of each LLM stage, each model's work at its own prices ({} without
+    prices); an hourly rate is charged on the work's GPU-hours at the model's per-GPU rates
+    (`model_rates`, else the given ones)."""
+    if not any(m.prices.given for m in config.roster().models.values()):
         return {}
     return {
-        stage: sum(
-            load_dollars(config.model, s, s.gpu_hours(prompt_per_s, gen_per_s)) or 0.0
-            for s in loads
-        )
-        for stage, loads in stage_loads(config, chars_per_token).items()
+        stage: _cost(config, _parts(work), (prompt_per_s, gen_per_s), model_rates)[1] or 0.0
+        for stage, work in model_stage_loads(config, chars_per_token).items()
     }
+
+
+def _parts(
+    work: Mapping[tuple[str, str], StageLoad], kind: str | None = None
+) -> list[tuple[str, StageLoad]]:
+    """(model, load) of each (kind of work, model) of `work`, or of one kind."""
+    return [(m, load) for (k, m), load in work.items() if kind in (None, k)]
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model's share of the job: every kind of work of the roles it serves."""
+
+    model: str
+    roles: list[str]
+    load: StageLoad
+    gpu_hours: float  # at its rates
+    gpus: int  # replicas x tensor_parallel_size
+    dollars: float | None  # at its prices
+
+    @property
+    def wall_hours(self) -> float:
+        return self.gpu_hours / self.gpus
+
+
+def model_plans(
+    config: JobConfig,
+    rates: Rates = (DEFAULT_PROMPT_TOKENS_PER_S, DEFAULT_GEN_TOKENS_PER_S),
+    model_rates: Mapping[str, Rates] | None = None,
+    chars_per_token: float = CHARS_PER_TOKEN,
+) -> list[ModelPlan]:
+    """Each model's calls, tokens, GPU-hours and dollars, in the roster's order."""
+    from fspo_data.stages.base import StageLoad
+
+    roster = config.roster()
+    work: dict[str, list[StageLoad]] = {name: [] for name in roster.models}
+    for parts in model_stage_loads(config, chars_per_token).values():
+        for model, load in _parts(parts):
+            work[model].append(load)
+    plans = []
+    for name, loads in work.items():
+        model = roster.models[name]
+        gpu_hours, dollars = _cost(config, [(name, s) for s in loads], rates, model_rates)
+        plans.append(
+            ModelPlan(
+                model=name,
+                roles=roster.roles_of(name),
+                load=sum(loads, StageLoad(name)),
+                gpu_hours=gpu_hours,
+                gpus=model.replicas * model.tensor_parallel_size,
+                dollars=dollars,
+            )
+        )
+    return plans
 
 
 @dataclass(frozen=True)
@@ -135,12 +251,10 @@ class Sizing:
     wall_hours: float
 
 
-def sizing(
-    config: JobConfig, loads: list[StageLoad], prompt_per_s: float, gen_per_s: float
-) -> Sizing:
+def sizing(config: JobConfig, loads: list[StageLoad], plans: list[ModelPlan]) -> Sizing:
+    """The job's totals; GPU-hours are each model's at its rates, and wall hours each model's
+    on its own GPUs, one model after another (stages run in turn)."""
     counts = [domain_counts(config, d) for d in config.domains]
-    gpus = config.model.replicas * config.model.tensor_parallel_size
-    gpu_hours = sum(s.gpu_hours(prompt_per_s, gen_per_s) for s in loads)
     return Sizing(
         personas=sum(c.users for c in counts),
         questions=sum(c.questions for c in counts),
@@ -151,19 +265,22 @@ def sizing(
         prompt_tokens=sum(s.prompt_tokens for s in loads),
         uncached_prompt_tokens=sum(s.prompt_tokens - s.cached_prompt_tokens for s in loads),
         generated_tokens=sum(s.generated_tokens for s in loads),
-        gpu_hours=gpu_hours,
-        wall_hours=gpu_hours / gpus,
+        gpu_hours=sum(p.gpu_hours for p in plans),
+        wall_hours=sum(p.wall_hours for p in plans),
     )
 
 
 def render(config: JobConfig, args: argparse.Namespace, console: Console) -> None:
-    loads = job_loads(config, args.chars_per_token)
-    rates = (args.prompt_tokens_per_s, args.gen_tokens_per_s)
+    rates, model_rates = (args.prompt_tokens_per_s, args.gen_tokens_per_s), args.model_rates
+    work = model_stage_loads(config, args.chars_per_token)
     stages = Table(title=f"LLM work per stage ({', '.join(config.domains)})")
     columns = ("stage", "calls", "prompt tok", "of which cached", "cached", "gen tok", "GPU-h", "$")
     for column in columns:
         stages.add_column(column, justify="left" if column == "stage" else "right")
+    loads = [load for kinds in _by_kind(work).values() for load in kinds]
     for s in loads:
+        parts = [part for stage in work.values() for part in _parts(stage, s.stage)]
+        hours, dollars = _cost(config, parts, rates, model_rates)
         stages.add_row(
             s.stage,
             f"{s.calls:,}",
@@ -171,18 +288,20 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
             f"{s.cached_prompt_tokens:,}",
             f"{s.cached_prompt_tokens / s.prompt_tokens:.0%}" if s.prompt_tokens else "-",
             f"{s.generated_tokens:,}",
-            f"{s.gpu_hours(*rates):,.2f}",
-            usd(load_dollars(config.model, s, s.gpu_hours(*rates))),
+            f"{hours:,.2f}",
+            usd(dollars),
         )
     console.print(stages)
-    size = sizing(config, loads, *rates)
+    plans = model_plans(config, rates, model_rates, args.chars_per_token)
+    render_models(plans, console)
+    size = sizing(config, loads, plans)
     table = Table(title="sizing")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    gpus = config.model.replicas * config.model.tensor_parallel_size
-    dollars = stage_dollars(config, *rates, args.chars_per_token)
+    dollars = stage_dollars(config, *rates, args.chars_per_token, model_rates)
     total = sum(dollars.values()) if dollars else None
     per_pair = usd(total / size.judged_pairs) if total is not None else "-"
+    gpus = " + ".join(str(p.gpus) for p in plans)
     for label, value in (
         ("personas (users)", f"{size.personas:,}"),
         ("questions", f"{size.questions:,}"),
@@ -194,16 +313,17 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
         ("generated tokens", f"{size.generated_tokens:,}"),
         ("GPU-hours", f"{size.gpu_hours:,.1f}"),
         (
-            f"wall hours on {gpus} GPU(s) (replicas x tensor_parallel_size)",
+            f"wall hours on {gpus} GPU(s) (replicas x tensor_parallel_size; models in turn)",
             f"{size.wall_hours:,.1f}",
         ),
         ("dollars at the config's prices (per judged pair)", f"{usd(total)} ({per_pair})"),
     ):
         table.add_row(label, value)
     console.print(table)
+    own = "".join(f"; {m}: {p:,.0f} and {g:,.0f}" for m, (p, g) in (model_rates or {}).items())
     console.print(
         f"rates: {args.prompt_tokens_per_s:,.0f} prompt tok/s and {args.gen_tokens_per_s:,.0f} "
-        f"generated tok/s per GPU for {args.model_label}; tokens estimated at "
+        f"generated tok/s per GPU for {args.model_label}{own}; tokens estimated at "
         f"{args.chars_per_token} characters each. Upper bounds: every user relabelled in each "
         f"of {config.stages.judge.refine_rounds} refinement round(s); persona descriptions "
         f"counted once (rejected ones are regenerated, up to "
@@ -213,8 +333,52 @@ def render(config: JobConfig, args: argparse.Namespace, console: Console) -> Non
         console.print("not sized: the rationales stage (one call per episode).")
 
 
+def render_models(plans: list[ModelPlan], console: Console) -> None:
+    table = Table(title="LLM work per model")
+    columns = ("model", "roles", "calls", "prompt tok", "of which cached", "gen tok", "GPU-h",
+               "GPUs", "wall h", "$")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "roles") else "right")
+    for p in plans:
+        table.add_row(
+            p.model,
+            ", ".join(p.roles),
+            f"{p.load.calls:,}",
+            f"{p.load.prompt_tokens:,}",
+            f"{p.load.cached_prompt_tokens:,}",
+            f"{p.load.generated_tokens:,}",
+            f"{p.gpu_hours:,.2f}",
+            str(p.gpus),
+            f"{p.wall_hours:,.2f}",
+            usd(p.dollars),
+        )
+    console.print(table)
+
+
+def model_rates_arg(text: str) -> tuple[str, Rates]:
+    """`NAME=PROMPT_PER_S,GEN_PER_S` of `--model-rates`."""
+    name, _, rates = text.rpartition("=")
+    prompt, _, gen = rates.partition(",")
+    try:
+        parsed = (float(prompt), float(gen))
+    except ValueError:
+        parsed = (0.0, 0.0)
+    if not name or min(parsed) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give NAME=PROMPT_TOKENS_PER_S,GEN_TOKENS_PER_S, both rates above 0"
+        )
+    return name, parsed
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    render(load_job(args.config), args, Console(width=max(Console().width, 120)))
+    config = load_job(args.config)
+    args.model_rates = dict(args.model_rates or [])
+    unknown = [name for name in args.model_rates if name not in config.roster().models]
+    if unknown:
+        known = ", ".join(config.roster().models)
+        print(f"plan: --model-rates names {unknown[0]!r}, not a model of the config ({known})")
+        return 2
+    render(config, args, Console(width=max(Console().width, 120)))
     return 0
 
 
@@ -241,6 +405,14 @@ def add_plan_command(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_GEN_TOKENS_PER_S,
         help=f"decode rate per GPU (default {DEFAULT_GEN_TOKENS_PER_S:,.0f}: assumed for "
         f"{DEFAULT_MODEL})",
+    )
+    plan.add_argument(
+        "--model-rates",
+        type=model_rates_arg,
+        action="append",
+        metavar="NAME=PROMPT_PER_S,GEN_PER_S",
+        help="one model's own per-GPU prefill and decode rates (repeatable; NAME as under "
+        "`models:`, or the served name of a single `model:`); others take the rates above",
     )
     plan.add_argument(
         "--model-label",

@@ -16,6 +16,7 @@ from rich.table import Table
 from fspo_data.core import storage
 from fspo_data.core.config import JudgeConfig
 from fspo_data.core.model_config import ModelConfig
+from fspo_data.core.roles_config import ModelRoster
 from fspo_data.core.shards import (
     Manifest,
     atomic_write_bytes,
@@ -24,7 +25,7 @@ from fspo_data.core.shards import (
 )
 from fspo_data.core.storage import Location
 from fspo_data.pipeline.consistency import Consistency, consistency_by_domain
-from fspo_data.pipeline.cost import RunDollars, shard_dollars, usd
+from fspo_data.pipeline.cost import RunDollars, counter_dollars, model_counters, shard_dollars, usd
 from fspo_data.pipeline.gold import LEGEND as GOLD_LEGEND
 from fspo_data.pipeline.gold import GoldFigures
 from fspo_data.pipeline.verdicts import RICH_STYLES, Check
@@ -96,6 +97,57 @@ class StageSummary(BaseModel):
         return self.counters.get("engine_ms", 0) / 1000
 
 
+class ModelSummary(BaseModel):
+    """One model's work over every committed shard of the run (its `model/<name>/...` counters)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="Its name under `models:` (one `model:`: its served name).")
+    roles: list[str] = Field(description="The roles it serves in the config.")
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    engine_seconds: float = Field(
+        default=0.0, description="Time in its backend, summed over shards (replicas overlap)."
+    )
+    dollars: float | None = Field(
+        default=None, description="Its counters at its own `prices`; null: none given."
+    )
+
+    @property
+    def gen_tokens_per_engine_second(self) -> float | None:
+        """Generated tokens per second of engine time; None before any engine time."""
+        return self.completion_tokens / self.engine_seconds if self.engine_seconds else None
+
+
+def model_summaries(roster: ModelRoster, stages: list[StageSummary]) -> list[ModelSummary]:
+    """Each model's calls, tokens, retries, engine time and dollars, summed over the stages'
+    counters; every model of the roster, in its order, then any other model that wrote (a
+    shard committed under an earlier config)."""
+    totals: dict[str, Counter[str]] = {name: Counter() for name in roster.models}
+    for stage in stages:
+        for name, counts in model_counters(roster.models, stage.counters).items():
+            totals.setdefault(name, Counter()).update(counts)
+    out = []
+    for name, c in totals.items():
+        model = roster.models.get(name)
+        out.append(
+            ModelSummary(
+                model=name,
+                roles=roster.roles_of(name),
+                requests=c["requests"],
+                prompt_tokens=c["prompt_tokens"],
+                cached_prompt_tokens=c["cached_prompt_tokens"],
+                completion_tokens=c["completion_tokens"],
+                retries=c["retries"],
+                engine_seconds=c["engine_ms"] / 1000,
+                dollars=None if model is None else counter_dollars(model.prices, c),
+            )
+        )
+    return out
+
+
 class RunSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_dir: str
@@ -118,6 +170,15 @@ class RunSummary(BaseModel):
     )
     dollars: RunDollars | None = Field(
         default=None, description="Total and per kept label at `model.prices`; null: none."
+    )
+    models: list[ModelSummary] = Field(
+        default_factory=list, description="Each model's work (`model_summaries`)."
+    )
+    candidate_similarity_by_model: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The diversity report's candidate similarity among each model's own "
+        "candidates (`diversity.candidate_similarity` is the ensemble's: all pairs); null: "
+        "the model never wrote two candidates for one question.",
     )
 
 
@@ -178,18 +239,49 @@ def render(summary: RunSummary, console: Console | None = None) -> None:
             usd(s.dollars),
         )
     console.print(table)
+    render_models(summary.models, console)
     if summary.dollars is not None:
         console.print(summary.dollars.describe())
     render_consistency(summary.consistency, console)
     render_gold(summary.gold, console)
     if summary.diversity:
         figures = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in summary.diversity.items())
+        by_model = summary.candidate_similarity_by_model
+        if by_model:
+            each = ", ".join(f"{name} {_fmt(v, '.3f')}" for name, v in by_model.items())
+            figures += f", candidate_similarity_by_model {each}"
         console.print(f"diversity: {figures}")
     for s in summary.stages:
         for note in s.notes:
             console.print(f"[yellow]resume:[/] {note}")
     console.print(f"wall time {summary.wall_seconds:.1f} s")
     render_verdicts(summary.verdicts, console)
+
+
+def render_models(models: list[ModelSummary], console: Console) -> None:
+    """The per-model table: what each model did, whichever stages it served."""
+    if not models:
+        return
+    table = Table(title="per model")
+    columns = ("model", "roles", "calls", "prompt tok", "cached tok", "gen tok", "retries",
+               "engine s", "gen tok/engine s", "$")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "roles") else "right")
+    for m in models:
+        rate = m.gen_tokens_per_engine_second
+        table.add_row(
+            m.model,
+            ", ".join(m.roles) or "-",
+            str(m.requests),
+            str(m.prompt_tokens),
+            str(m.cached_prompt_tokens),
+            str(m.completion_tokens),
+            str(m.retries),
+            f"{m.engine_seconds:.1f}",
+            "-" if rate is None else f"{rate:.1f}",
+            usd(m.dollars),
+        )
+    console.print(table)
 
 
 def render_verdicts(checks: list[Check], console: Console) -> None:

@@ -137,10 +137,14 @@ def prompts(domain: DomainSpec) -> tuple[str, ...]:
 
 
 def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[StageLoad]:
-    """A view listing per question (model-listed views), then one answer per view."""
+    """A view listing per question (model-listed views), then one answer per view, or one per
+    view and model of an ensemble assigned 'every'. Each candidate model's share of the
+    answers goes to `est.counts["candidates/<model>"]`, dealt as the stage deals them."""
     questions, stages = config.counts.questions, config.stages
     count = candidates_per_question(config, domain)
-    est.counts["candidates"] = count
+    roster = config.roster()
+    writers = list(roster.roles["candidates"])
+    est.counts["candidates"] = count * (len(writers) if roster.assign == "every" else 1)
     stand_in = Question(
         question_uuid="q",
         domain=domain.name,
@@ -157,8 +161,12 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
         view = est.text(VIEW_TOKENS)
     est.stand_ins["view"] = view
     est.stand_ins["response"] = est.text(stages.responses.max_tokens)
+    numbered = [stand_in.model_copy(update={"index": i}) for i in range(questions)]
+    dealt = assign_writers(numbered, [[view] * count] * questions, writers, roster.assign)
+    for writer, calls in Counter(w for _, _, w in dealt).items():
+        est.counts[f"candidates/{writer}"] = calls
     request = response_request(domain, stand_in, view, stages.responses)
-    return [views, est.load("responses", questions * count, request)]
+    return [views, est.load("responses", len(dealt), request)]
 
 
 def assign_writers(

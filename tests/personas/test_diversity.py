@@ -111,6 +111,30 @@ def test_candidate_similarity_per_question() -> None:
     assert np.isnan(sims[1]) and np.isnan(sims[2])
 
 
+def test_writer_similarity_splits_each_questions_pairs_by_who_wrote_them() -> None:
+    # Question 0: a wrote rows 0, 1, 2, b wrote row 3; question 1: a and b one row each;
+    # question 2: b alone, two rows. Every figure against the pairs listed by hand.
+    x = unit([[1, 0], [0.6, 0.8], [0, 1], [0.8, 0.6], [1, 0], [0, 1], [1, 1], [1, 0]])
+    groups = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    writers = np.array(["a", "a", "a", "b", "a", "b", "b", "b"])
+    split = dv.writer_similarity(x, groups, writers)
+
+    def mean(pairs: list[tuple[int, int]]) -> float:
+        return float(np.mean([x[i] @ x[j] for i, j in pairs]))
+
+    assert split.within["a"][0] == pytest.approx(mean([(0, 1), (0, 2), (1, 2)]))
+    assert split.cross[0] == pytest.approx(mean([(0, 3), (1, 3), (2, 3)]))
+    assert np.isnan(split.within["a"][1]) and np.isnan(split.within["b"][1])
+    assert split.cross[1] == pytest.approx(0.0)
+    assert split.within["b"][2] == pytest.approx(mean([(6, 7)]))
+    assert np.isnan(split.cross[2]) and np.isnan(split.within["a"][2])
+    assert np.isnan(split.within["b"][0])  # b wrote one candidate of question 0
+    # One writer: its figure is the all-pairs one, and there is no cross pair.
+    alone = dv.writer_similarity(x, groups, np.array(["m"] * 8))
+    np.testing.assert_allclose(alone.within["m"], dv.candidate_similarity(x, groups))
+    assert np.isnan(alone.cross).all()
+
+
 def test_agreement_matrix_by_hand() -> None:
     # Items 0..2; user 0: A A A; user 1: A A B; user 2: B only on item 2; user 3: no labels.
     user = np.array([0, 0, 0, 1, 1, 1, 2])

@@ -3,7 +3,13 @@ import argparse
 import pytest
 
 from fspo_data.core.config import JobConfig
-from fspo_data.pipeline.plan import add_plan_command, domain_counts, job_loads, sizing
+from fspo_data.pipeline.plan import (
+    add_plan_command,
+    domain_counts,
+    job_loads,
+    model_plans,
+    sizing,
+)
 from fspo_data.stages.base import StageLoad
 
 MAX_TOKENS = {"personas": 50, "questions": 20, "views": 30, "responses": 40}
@@ -96,7 +102,7 @@ def test_gpu_hours_and_sizing():
     assert load.gpu_hours(3000, 250) == pytest.approx((6000 / 3000 + 500 / 250) / 3600)
     config = small_config()
     loads = job_loads(config)
-    size = sizing(config, loads, 5000, 1000)
+    size = sizing(config, loads, model_plans(config, (5000, 1000)))
     assert (size.personas, size.questions, size.candidates) == (18, 12, 36)
     assert (size.judged_pairs, size.judge_calls) == (3 * 6 * 5, 720)
     assert size.llm_calls == sum(s.calls for s in loads)

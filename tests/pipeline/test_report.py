@@ -186,7 +186,7 @@ def test_report_writes_json_and_self_contained_html(full_run: ReportResult) -> N
     assert {"read", "embed.personas", "judgments.agreement"} <= set(figures["timings_s"])
     page = full_run.html_path.read_text()
     assert page.count('src="data:image/png;base64,') == 5
-    assert page.count("How to read this.") == 6  # the question section has a table only
+    assert page.count("How to read this.") == 7  # questions and per-model similarity: tables only
     assert "http" not in page  # nothing fetched from elsewhere
 
 

@@ -58,7 +58,7 @@ __all__ = [
 _COLUMNS = {
     "personas": ["persona_uuid", "domain", "traits", "persona_description"],
     "questions": ["question_uuid", "question"],
-    "responses": ["question_uuid", "response"],
+    "responses": ["question_uuid", "response", "model"],
     "judge": [
         "persona_uuid",
         "question_uuid",
@@ -172,10 +172,14 @@ def build_report(
         groups = responses["question_uuid"].rank("dense").cast(pl.Int64).to_numpy() - 1
         with timer("candidates"):
             similarity = dv.candidate_similarity(vectors, groups)
-        report.candidates = candidate_figures(similarity, figures("responses", texts, vectors))
+            by_writer = dv.writer_similarity(vectors, groups, responses["model"].to_numpy())
+        report.candidates = candidate_figures(
+            similarity, by_writer, figures("responses", texts, vectors)
+        )
         with timer("plots"):
             image = plots.candidate_histogram(report.candidates)
             sections.append(html.candidate_section(report.candidates, image))
+            sections.append(html.candidate_model_section(report.candidates))
     if judgments is None:
         report.notes.append("judge: no committed shards; agreement and label entropy skipped")
     elif not judgments["kept"].any():
@@ -199,7 +203,15 @@ def build_report(
         run_dir=str(run_dir), config_fingerprint="", wall_seconds=0.0, stages=[]
     )
     figures = {k: None if math.isnan(v) else v for k, v in headline(report).items()}
-    summary = summary.model_copy(update={"diversity": figures})
+    by_model = report.candidates.by_model if report.candidates else {}
+    summary = summary.model_copy(
+        update={
+            "diversity": figures,
+            "candidate_similarity_by_model": {
+                name: s.mean_similarity for name, s in by_model.items()
+            },
+        }
+    )
     summary = with_verdicts(summary, checks or ChecksConfig(), flag_settings.gate)
     return _write(run_dir / "report", report, sections, summary)
 

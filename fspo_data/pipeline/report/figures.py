@@ -61,14 +61,27 @@ class TraitFigures(BaseModel):
     weights: dict[str, float]
 
 
+class PairSimilarity(BaseModel):
+    """Candidate similarity over some of the pairs (one model's, or two models'): the mean over
+    `questions` (those with such a pair) of a question's mean cosine over those pairs; null
+    when no question has one."""
+
+    questions: int
+    mean_similarity: float | None
+
+
 class CandidateFigures(BaseModel):
     """mean_similarity: mean over questions with two or more candidates of their mean pairwise
-    cosine; responses: the diversity of all candidate responses together."""
+    cosine, all pairs (an ensemble's figure); by_model: the same over pairs both written by
+    one model; cross_model: over pairs written by two models (null with one model);
+    responses: the diversity of all candidate responses together."""
 
     questions: int
     mean_similarity: float
     histogram: Histogram
     responses: TextFigures
+    by_model: dict[str, PairSimilarity] = Field(default_factory=dict)
+    cross_model: PairSimilarity | None = None
 
 
 class JudgmentFigures(BaseModel):
@@ -191,13 +204,26 @@ def trait_figures(
     return out
 
 
-def candidate_figures(similarity: np.ndarray, responses: TextFigures) -> CandidateFigures:
+def candidate_figures(
+    similarity: np.ndarray, by_writer: dv.WriterSimilarity, responses: TextFigures
+) -> CandidateFigures:
+    """`similarity`: per question, all pairs (`dv.candidate_similarity`); `by_writer`: split
+    by the models that wrote each pair (`dv.writer_similarity`)."""
     valid = similarity[~np.isnan(similarity)]
     return CandidateFigures(
         questions=len(valid),
         mean_similarity=float(valid.mean()) if len(valid) else float("nan"),
         histogram=histogram(valid, 40, (0.0, 1.0)),
         responses=responses,
+        by_model={name: _pair_similarity(s) for name, s in by_writer.within.items()},
+        cross_model=_pair_similarity(by_writer.cross) if len(by_writer.within) > 1 else None,
+    )
+
+
+def _pair_similarity(per_question: np.ndarray) -> PairSimilarity:
+    valid = per_question[~np.isnan(per_question)]
+    return PairSimilarity(
+        questions=len(valid), mean_similarity=float(valid.mean()) if len(valid) else None
     )
 
 

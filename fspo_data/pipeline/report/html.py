@@ -4,6 +4,7 @@ its table, its plot (an embedded PNG) and a note on how to read it."""
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,27 @@ def text_section(title: str, figures: TextFigures) -> Section:
 
 
 def candidate_section(figures: CandidateFigures, image: str) -> Section:
-    table = figures.model_dump(exclude={"histogram", "responses"})
+    table = figures.model_dump(exclude={"histogram", "responses", "by_model", "cross_model"})
     table |= {f"responses: {k}": v for k, v in figures.responses.model_dump().items()}
     return Section("Candidate responses", table, image, HOW_TO_READ["candidates"])
+
+
+def candidate_model_section(figures: CandidateFigures) -> Section:
+    """Candidate similarity per model that wrote them, for the ensemble and across models."""
+    rows = {"ensemble (all pairs)": (figures.questions, figures.mean_similarity)}
+    rows |= {
+        f"model {name}": (s.questions, s.mean_similarity) for name, s in figures.by_model.items()
+    }
+    if figures.cross_model is not None:
+        cross = figures.cross_model
+        rows["cross-model pairs"] = (cross.questions, cross.mean_similarity)
+    table = {
+        pairs: "n/a (no question with such a pair)"
+        if mean is None or math.isnan(mean)
+        else f"{mean:.4f} over {questions} questions"
+        for pairs, (questions, mean) in rows.items()
+    }
+    return Section("Candidate similarity per model", table, None, HOW_TO_READ["models"])
 
 
 def judgment_sections(figures: JudgmentFigures, heatmap: str, histogram: str) -> list[Section]:
@@ -97,6 +116,14 @@ HOW_TO_READ = {
         "steering, 0.78 with view steering and 0.71 with a model ensemble plus view steering, "
         "with its own embedder, so compare loosely. A tail near 1 marks questions whose "
         "viewpoints collapsed into one answer."
+    ),
+    "models": (
+        "The same mean pairwise cosine per question, over some of its candidate pairs: all pairs "
+        "(the ensemble's figure, the one the verdict reads), pairs both written by one model, "
+        "and pairs written by two different models. A model whose own candidates are much more "
+        "alike than the ensemble's adds little by itself; cross-model pairs below each model's "
+        "own figure are the diversity an ensemble buys. Each model's figure covers only the "
+        "questions where it wrote two or more candidates (round-robin deals few per question)."
     ),
     "agreement": (
         "Rows and columns are the sampled users who share the most pairs with others; a cell is "
