@@ -13,7 +13,7 @@ from rich.table import Table
 from fspo_data.core import storage
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError, load_yaml_model
-from fspo_data.pipeline.plan import add_plan_command
+from fspo_data.pipeline.plan_command import add_plan_command
 from fspo_data.pipeline.validate import load_job
 
 EXIT_USAGE = 2

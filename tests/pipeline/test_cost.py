@@ -13,7 +13,8 @@ from fspo_data.core.shards import Manifest, ShardEntry, save_manifest
 from fspo_data.pipeline.budget import BudgetGuard
 from fspo_data.pipeline.cost import counter_dollars, run_dollars, usd
 from fspo_data.pipeline.dataset_card import _summary as dataset_card_summary
-from fspo_data.pipeline.plan import add_plan_command, render, stage_dollars, stage_loads
+from fspo_data.pipeline.plan import stage_dollars, stage_loads
+from fspo_data.pipeline.plan_command import add_plan_command, render
 from fspo_data.pipeline.resume import shard_recipe
 from fspo_data.pipeline.summary import RunSummary, StageSummary
 from fspo_data.pipeline.summary import render as render_summary

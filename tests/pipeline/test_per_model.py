@@ -16,15 +16,8 @@ from fspo_data.core.shards import Manifest, ShardEntry
 from fspo_data.pipeline.cost import counter_dollars, usd
 from fspo_data.pipeline.dataset_card import _limitations, _provenance
 from fspo_data.pipeline.dataset_card import _summary as card_summary
-from fspo_data.pipeline.plan import (
-    ModelPlan,
-    add_plan_command,
-    cmd_plan,
-    model_plans,
-    render,
-    stage_dollars,
-    stage_loads,
-)
+from fspo_data.pipeline.plan import ModelPlan, model_plans, stage_dollars, stage_loads
+from fspo_data.pipeline.plan_command import add_plan_command, cmd_plan, render
 from fspo_data.pipeline.report import build_report
 from fspo_data.pipeline.summary import RunSummary, StageSummary, model_summaries
 from fspo_data.pipeline.summary import render as render_summary

@@ -3,13 +3,8 @@ import argparse
 import pytest
 
 from fspo_data.core.config import JobConfig
-from fspo_data.pipeline.plan import (
-    add_plan_command,
-    domain_counts,
-    job_loads,
-    model_plans,
-    sizing,
-)
+from fspo_data.pipeline.plan import domain_counts, job_loads, model_plans, sizing
+from fspo_data.pipeline.plan_command import add_plan_command
 from fspo_data.stages.base import StageLoad
 
 MAX_TOKENS = {"personas": 50, "questions": 20, "views": 30, "responses": 40}
