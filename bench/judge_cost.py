@@ -6,10 +6,12 @@ One in-process vLLM engine (the job's model settings) judges the shard with each
 `stages.judge.layout` in turn, its prefix cache emptied before each, and the bench prints
 per layout: prompt tokens computed (not served from the cache) per label, the cached
 fraction, the judge's wall time; then how often the two layouts' debiased margins have the
-same sign on the same (user, pair): a proxy for label quality until gold pairs exist.
+same sign on the same (user, pair); and, with --gold-per-user N, the gold stage's pairs
+(answers known by construction, `stages/gold.py`) judged under each layout, with each
+layout's gold accuracy and its 95% Wilson interval (`pipeline.gold`).
 
     python bench/judge_cost.py [--run-dir runs/demo] [--users 8] [--pairs-per-user 12]
-                               [--questions 6] [--rounds 1] [--gpu]
+                               [--questions 6] [--rounds 1] [--gold-per-user 0] [--gpu]
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.records import Judgment, to_table
 from fspo_data.core.shards import read_committed
 from fspo_data.judging import LAYOUTS
-from fspo_data.stages import judge, pairs
+from fspo_data.pipeline.gold import LEGEND, GoldFigures, figures_of
+from fspo_data.stages import gold, judge, pairs
 from fspo_data.stages.base import ShardSpec, StageContext
 
 
@@ -56,7 +59,11 @@ def bench_config(base: JobConfig, layout: str, args: argparse.Namespace) -> JobC
             "stages": base.stages.model_copy(
                 update={
                     "judge": base.stages.judge.model_copy(
-                        update={"layout": layout, "refine_rounds": 0}
+                        update={
+                            "layout": layout,
+                            "refine_rounds": 0,
+                            "gold_pairs_per_user": args.gold_per_user,
+                        }
                     )
                 }
             ),
@@ -79,6 +86,19 @@ def judge_once(
     return output.counters, seconds, margins
 
 
+def gold_once(
+    backend: VLLMBackend, config: JobConfig, spec: ShardSpec, inputs: dict[str, pa.Table]
+) -> tuple[GoldFigures, float]:
+    """The shard's gold pairs judged under `config`'s layout: gold figures and wall time."""
+    backend._llm.reset_prefix_cache()
+    started = time.perf_counter()
+    output = gold.run(spec, inputs, StageContext(config=config, backend=backend))
+    seconds = time.perf_counter() - started
+    counters = output.counters
+    judged, kept = counters["gold_pairs_judged"], counters["gold_pairs_kept"]
+    return figures_of(judged, kept, counters["gold_pairs_right"]), seconds
+
+
 def sign_agreement(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int]:
     """Share of common judgments whose debiased margins have the same sign, with a 95% Wilson
     half-width, and how many were compared."""
@@ -99,6 +119,9 @@ def main() -> None:
     parser.add_argument("--pairs-per-user", type=int, default=12)
     parser.add_argument("--questions", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per layout")
+    parser.add_argument(
+        "--gold-per-user", type=int, default=0, help="gold pairs per user judged per layout"
+    )
     parser.add_argument("--gpu", action="store_true", help="bfloat16 engine on a GPU")
     args = parser.parse_args()
     base = load_config(args.run_dir / "config.yaml")
@@ -146,6 +169,14 @@ def main() -> None:
     print(f"wall time pair_first / persona_first: {ratio:.3f}")
     p, half, n = sign_agreement(margins["persona_first"], margins["pair_first"])
     print(f"debiased-margin sign agreement between layouts: {p:.3f} +- {half:.3f} over {n} pairs")
+    if args.gold_per_user:
+        print(f"gold accuracy ({LEGEND}):")
+        walls = {}
+        for layout, config in configs.items():
+            figures, walls[layout] = gold_once(backend, config, spec, inputs)
+            print(f"{layout:>13}: {figures.describe()}, {walls[layout]:.1f} s")
+        ratio = walls["pair_first"] / walls["persona_first"]
+        print(f"gold wall time pair_first / persona_first: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -305,11 +305,13 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
     an upper bound).
 
     Cached tokens: a pass over a shard sends its requests in prefix order, so each cache
-    group's shared prefix (S tokens, `judging.shared_prefix`) is computed once and served to
-    the group's other calls: with C calls and G groups (`judging.cache_groups`) per shard and
-    pass, cached = (C - G) S, summed over the persona plan's shards. Nothing shared across
-    shards or passes is counted, nor samples_per_order > 1 repeats beyond the prefix: a lower
-    bound wherever the cache holds a group's prefix while its (contiguous) calls run.
+    group's shared prefix (S tokens, `judging.shared_prefix`: under pair_first all but the
+    user's description and the short cue after it, the instruction included) is computed once
+    and served to the group's other calls: with C calls and G groups (`judging.cache_groups`)
+    per shard and pass, cached = (C - G) S, summed over the persona plan's shards. Nothing
+    shared across shards or passes is counted, nor samples_per_order > 1 repeats beyond the
+    prefix: a lower bound wherever the cache holds a group's prefix while its (contiguous)
+    calls run.
     """
     counts, settings = config.counts, config.stages.judge
     pool = counts.questions * math.comb(est.counts["candidates"], 2)

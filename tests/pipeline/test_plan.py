@@ -113,3 +113,22 @@ def test_plan_command_prints_both_tables(tmp_path, capsys):
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "LLM work per stage" in out and "sizing" in out and "123 generated tok/s" in out
+
+
+def test_pair_first_plan_leaves_only_the_users_text_uncached():
+    # One shard of 100 users who all draw the same 3 pairs: 6 pair-orders, 600 calls. Every
+    # call after its pair-order's first computes only what follows the shared prefix: the
+    # 50-token description and the short answer cue, not the instruction (which comes before).
+    config = JobConfig(
+        run_dir="x",
+        counts={"users": 100, "questions": 3, "candidates_per_question": 2, "pairs_per_user": 3},
+        sharding={"users_per_shard": 100},
+        stages={
+            "personas": {"max_tokens": 50},
+            "judge": {"layout": "pair_first", "refine_rounds": 0},
+        },
+    )
+    judge = next(s for s in job_loads(config) if s.stage == "judge")
+    shared = judge.cached_prompt_tokens / (600 - 6)
+    computed_after_prefix = judge.prompt_tokens / 600 - shared
+    assert 50 <= computed_after_prefix <= 50 + 8

@@ -169,6 +169,45 @@ def test_pair_first_template_puts_the_pair_before_the_user():
     assert "P" in persona_prefix and "RA" not in persona_prefix
 
 
+def test_pair_first_asks_before_the_user_and_ends_on_the_answer_cue():
+    # Everything that is not the user's own text, the instruction included, is in the prefix
+    # every user of a pair-order shares; after the description only a short fixed cue.
+    values = {"persona": "PERSONA", "question": "Q", "response_a": "RA", "response_b": "RB"}
+    system, user = judging.judge_messages("pair_first", **values)
+    before, after = user.content.split("PERSONA")
+    assert "Answer with one letter, A or B." in before and "prefer" in before
+    assert "Answer with one letter" not in after
+    assert len(after) <= 40 and after.rstrip().endswith("A or B:")
+    prefix = judging.shared_prefix("pair_first", values)
+    assert prefix == "\n".join([system.content, before])
+    assert "Answer with one letter, A or B." in prefix
+    # persona_first keeps its own order: the user first, the instruction last.
+    _, persona_user = judging.judge_messages("persona_first", **values)
+    assert persona_user.content.endswith(
+        "Which response do you prefer? Answer with one letter, A or B."
+    )
+
+
+def test_pair_first_calls_differ_only_in_the_users_text_in_both_passes():
+    # The relabel pass appends stated preferences to the description: they stay after the
+    # shared prefix, so a pair-order's calls are alike up to "You are this user: " in both passes.
+    spec, inputs, config, _ = shard(layout="pair_first")
+    backend = ScriptedBackend(judge_by_user_and_slots)
+    output = judge.run(spec, inputs, StageContext(config=config, backend=backend))
+    assert output.counters["stated_preferences_added"] > 0
+    heads: dict[tuple[str, str], set[str]] = {}
+    tails = set()
+    for request in backend.requests:
+        text = "\n".join(m.content for m in request.messages)
+        head, persona = text.split("You are this user: ")
+        heads.setdefault(SLOTS.search(text).groups(), set()).add(head)
+        tails.add(persona.split("\n\n", 1)[1])
+    assert all(len(h) == 1 for h in heads.values()) and len(heads) > 1
+    assert len(tails) == 1, "only one fixed cue after the description"
+    stated = [r for r in backend.requests if "I prefer" in r.messages[1].content]
+    assert stated, "the relabel pass should carry stated preferences"
+
+
 def test_cache_groups_follow_the_pool_sharing():
     # Two users each draw 1 of 2 pairs: 1.5 distinct pairs expected, so 3 pair-orders.
     assert judging.cache_groups("pair_first", 2, 1, 2) == pytest.approx(3.0)
