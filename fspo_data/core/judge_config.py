@@ -31,8 +31,8 @@ class JudgeConfig(StrictModel):
         description="Judge prompt layout. 'persona_first' (prompts/judge.txt): the user's "
         "description, then the question and both responses; the engine's prefix cache shares "
         "one user's description across that user's calls. 'pair_first' "
-        "(prompts/judge_pair_first.txt): the question and both responses, then the user's "
-        "description; the cache shares a pair's text across every user of the shard who "
+        "(prompts/judge_pair_first.txt): the question, both responses and the instruction, "
+        "then the user's description and a short answer cue; the cache shares a pair's text across every user of the shard who "
         "judges it in that order (README: 'The judge's prefix cache'). Also the evaluation "
         "judge's layout.",
     )
