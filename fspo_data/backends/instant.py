@@ -9,16 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zlib
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 from fspo_data.core.model_config import ModelConfig
 
 NAME = "instant-benchmark-double"
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd
+_MASK = 2**64 - 1
 
 
 def _digest(request: ChatRequest) -> bytes:
+    """What a generated text is made from: its tags must differ from request to request, and
+    generating stages make one call per record they write, not 3.3 per judged pair."""
     text = "\x1f".join(m.content for m in request.messages) + f"\x1f{request.seed}"
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _letter_hash(request: ChatRequest, crc_of: dict[str, int]) -> int:
+    """A 64-bit hash of a one-letter request: its seed and the CRC-32 of each message.
+
+    The double stands for an engine that runs on a GPU, so its own CPU must not weigh on the
+    judge's figures (README, "Measured: everything around the engine"): a blake2b digest of
+    each whole 1.2 kB prompt cost more than the rest of the double. A message many prompts
+    share (a user's description, a pair in one order) is read once per batch through
+    `crc_of`, as an engine's prefix cache computes a shared prefix once. The hash still tells
+    apart the two orders of a pair (same seed, swapped responses) and a refined description.
+    """
+    hashed = request.seed
+    for message in request.messages:
+        crc = crc_of.get(message.content)
+        if crc is None:
+            crc = crc_of[message.content] = zlib.crc32(message.content.encode())
+        # Multiplying by an odd constant after each message spreads the bits and keeps order.
+        hashed = ((hashed ^ crc) * _GOLDEN) & _MASK
+    return hashed
 
 
 def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
@@ -28,6 +53,20 @@ def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
         return Completion(text=text, completion_tokens=natural_tokens, finish_reason="stop")
     kept = len(text) * max_tokens // natural_tokens
     return Completion(text=text[:kept], completion_tokens=max_tokens, finish_reason="length")
+
+
+def _letter(request: ChatRequest, crc_of: dict[str, int]) -> Completion:
+    """A judge's answer: seeded letter log-probabilities, or one sampled letter."""
+    hashed = _letter_hash(request, crc_of)
+    if request.top_logprobs:
+        # Seeded margins in [-2, 2] nats around a +1 nat bias towards slot A.
+        margin = 1.0 + ((hashed >> 56) - 127.5) / 64.0
+        return Completion(
+            text="A" if margin > 0 else "B",
+            completion_tokens=1,
+            first_token_logprobs={"A": 0.0, "B": -margin, "The": -5.0},
+        )
+    return Completion(text="AB"[(hashed >> 48) & 1], completion_tokens=1)
 
 
 class InstantBenchmarkDouble:
@@ -41,22 +80,19 @@ class InstantBenchmarkDouble:
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         started = time.perf_counter()
-        completions = [self._answer(r) for r in requests]
-        self._stats.add(completions, time.perf_counter() - started)
+        crc_of: dict[str, int] = {}  # this batch's messages, read once each
+        completions = [self._answer(r, crc_of) for r in requests]
+        # What `BackendStats.add` counts, less what the double never has (failures, retries,
+        # prompt tokens): its one pass over the completions cost as much as a CRC.
+        self._stats.requests += len(completions)
+        self._stats.completion_tokens += sum(c.completion_tokens for c in completions)
+        self._stats.generate_seconds += time.perf_counter() - started
         return completions
 
-    def _answer(self, request: ChatRequest) -> Completion:
+    def _answer(self, request: ChatRequest, crc_of: dict[str, int]) -> Completion:
+        if request.top_logprobs or request.max_tokens == 1:
+            return _letter(request, crc_of)
         digest = _digest(request)
-        if request.top_logprobs:
-            # Seeded margins in [-2, 2] nats around a +1 nat bias towards slot A.
-            margin = 1.0 + (digest[0] - 127.5) / 64.0
-            return Completion(
-                text="A" if margin > 0 else "B",
-                completion_tokens=1,
-                first_token_logprobs={"A": 0.0, "B": -margin, "The": -5.0},
-            )
-        if request.max_tokens == 1:
-            return Completion(text="AB"[digest[1] % 2], completion_tokens=1)
         tag = digest.hex()
         text = (
             f"Which plain choice suits case {tag[:8]} best for most people?\n"
