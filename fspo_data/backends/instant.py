@@ -26,26 +26,6 @@ def _digest(request: ChatRequest) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _letter_hash(request: ChatRequest, crc_of: dict[str, int]) -> int:
-    """A 64-bit hash of a one-letter request: its seed and the CRC-32 of each message.
-
-    The double stands for an engine that runs on a GPU, so its own CPU must not weigh on the
-    judge's figures (README, "Measured: everything around the engine"): a blake2b digest of
-    each whole 1.2 kB prompt cost more than the rest of the double. A message many prompts
-    share (a user's description, a pair in one order) is read once per batch through
-    `crc_of`, as an engine's prefix cache computes a shared prefix once. The hash still tells
-    apart the two orders of a pair (same seed, swapped responses) and a refined description.
-    """
-    hashed = request.seed
-    for message in request.messages:
-        crc = crc_of.get(message.content)
-        if crc is None:
-            crc = crc_of[message.content] = zlib.crc32(message.content.encode())
-        # Multiplying by an odd constant after each message spreads the bits and keeps order.
-        hashed = ((hashed ^ crc) * _GOLDEN) & _MASK
-    return hashed
-
-
 def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
     """`text` as a model would return it if it wanted `natural_tokens` and got `max_tokens`:
     whole, or its first share of characters with finish_reason 'length'."""
@@ -55,18 +35,42 @@ def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
     return Completion(text=text[:kept], completion_tokens=max_tokens, finish_reason="length")
 
 
-def _letter(request: ChatRequest, crc_of: dict[str, int]) -> Completion:
-    """A judge's answer: seeded letter log-probabilities, or one sampled letter."""
-    hashed = _letter_hash(request, crc_of)
-    if request.top_logprobs:
-        # Seeded margins in [-2, 2] nats around a +1 nat bias towards slot A.
-        margin = 1.0 + ((hashed >> 56) - 127.5) / 64.0
-        return Completion(
-            text="A" if margin > 0 else "B",
-            completion_tokens=1,
-            first_token_logprobs={"A": 0.0, "B": -margin, "The": -5.0},
-        )
-    return Completion(text="AB"[(hashed >> 48) & 1], completion_tokens=1)
+# Seeded margins in [-2, 2] nats around a +1 nat bias towards slot A, one per hash byte.
+_MARGINS = [1.0 + (byte - 127.5) / 64.0 for byte in range(256)]
+
+
+def _letters(requests: list[ChatRequest]) -> list[Completion]:
+    """One-letter answers (a judge's): seeded letter log-probabilities, or a sampled letter.
+
+    Each comes from a 64-bit hash of the request's seed and the CRC-32 of each message. The
+    double stands for an engine that runs on a GPU, so its own CPU must not weigh on the
+    judge's figures (README, "Measured: everything around the engine"): a blake2b digest of
+    each whole 1.2 kB prompt cost more than the rest of the double. A message many prompts
+    share (a user's description, a pair in one order) is read once per batch, as an engine's
+    prefix cache computes a shared prefix once. The hash still tells apart the two orders of
+    a pair (same seed, swapped responses) and a refined description.
+    """
+    crc_of: dict[str, int] = {}
+    completions = []
+    for request in requests:
+        hashed = request.seed
+        for message in request.messages:
+            crc = crc_of.get(message.content)
+            if crc is None:
+                crc = crc_of[message.content] = zlib.crc32(message.content.encode())
+            # Multiplying by an odd constant after each message spreads bits and keeps order.
+            hashed = ((hashed ^ crc) * _GOLDEN) & _MASK
+        if request.top_logprobs:
+            margin = _MARGINS[hashed >> 56]
+            completion = Completion(
+                text="A" if margin > 0 else "B",
+                completion_tokens=1,
+                first_token_logprobs={"A": 0.0, "B": -margin, "The": -5.0},
+            )
+        else:
+            completion = Completion(text="AB"[(hashed >> 48) & 1], completion_tokens=1)
+        completions.append(completion)
+    return completions
 
 
 class InstantBenchmarkDouble:
@@ -80,8 +84,17 @@ class InstantBenchmarkDouble:
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         started = time.perf_counter()
-        crc_of: dict[str, int] = {}  # this batch's messages, read once each
-        completions = [self._answer(r, crc_of) for r in requests]
+        letters = [r.top_logprobs > 0 or r.max_tokens == 1 for r in requests]
+        if all(letters):
+            completions = _letters(requests)
+        else:
+            answers = iter(
+                _letters([r for r, letter in zip(requests, letters, strict=True) if letter])
+            )
+            completions = [
+                next(answers) if letter else self._answer(r)
+                for r, letter in zip(requests, letters, strict=True)
+            ]
         # What `BackendStats.add` counts, less what the double never has (failures, retries,
         # prompt tokens): its one pass over the completions cost as much as a CRC.
         self._stats.requests += len(completions)
@@ -89,9 +102,7 @@ class InstantBenchmarkDouble:
         self._stats.generate_seconds += time.perf_counter() - started
         return completions
 
-    def _answer(self, request: ChatRequest, crc_of: dict[str, int]) -> Completion:
-        if request.top_logprobs or request.max_tokens == 1:
-            return _letter(request, crc_of)
+    def _answer(self, request: ChatRequest) -> Completion:
         digest = _digest(request)
         tag = digest.hex()
         text = (
