@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
+from string import Formatter
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -124,26 +126,19 @@ def cache_groups(layout: str, users: int, pairs_per_user: int, pool: int) -> flo
 
 
 def order_requests(
-    messages: list[ChatMessage], settings: JudgeConfig, seed: int
+    prompts: Sequence[list[ChatMessage]], settings: JudgeConfig, seeds: Sequence[int]
 ) -> list[ChatRequest]:
-    """The requests for one order: one greedy call, or k samples for a majority vote."""
+    """The requests for each prompt (one order of a pair) in turn: one greedy call each, or k
+    samples each for a majority vote."""
     if settings.samples_per_order == 1:
+        top_logprobs = settings.top_logprobs
         return [
-            ChatRequest(
-                messages=messages,
-                max_tokens=1,
-                temperature=0.0,
-                seed=seed,
-                top_logprobs=settings.top_logprobs,
-            )
+            ChatRequest(messages, 1, 0.0, seed, top_logprobs=top_logprobs)
+            for messages, seed in zip(prompts, seeds, strict=True)
         ]
     return [
-        ChatRequest(
-            messages=messages,
-            max_tokens=1,
-            temperature=settings.sample_temperature,
-            seed=seed + k,
-        )
+        ChatRequest(messages, 1, settings.sample_temperature, seed + k)
+        for messages, seed in zip(prompts, seeds, strict=True)
         for k in range(settings.samples_per_order)
     ]
 
@@ -153,7 +148,7 @@ def judge_requests(
 ) -> list[ChatRequest]:
     """The requests for one order, `first` in slot A."""
     messages = judge_messages(settings.layout, description, question, first, second)
-    return order_requests(messages, settings, seed)
+    return order_requests([messages], settings, [seed])
 
 
 class PairToJudge(NamedTuple):
@@ -185,34 +180,55 @@ def judge_both_orders(
     users (and a question's pairs together). Each completion is matched back to its pair and
     order by position.
     """
-    (system, system_format), (user, user_format) = _judge_formats(settings.layout)
-    prompts = [
-        (system_format.format(*values), user_format.format(*values))
+    values = [
+        v
         for p in pairs
-        for values in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
+        for v in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
     ]
-    order = sorted(range(len(prompts)), key=prompts.__getitem__)
-    requests = [
-        request
-        for prompt in order
-        for request in order_requests(
-            [ChatMessage(system, prompts[prompt][0]), ChatMessage(user, prompts[prompt][1])],
-            settings,
-            pairs[prompt // 2].seed,
-        )
-    ]
+    system, user = (
+        _message_column(role, fmt, values) for role, fmt in _judge_formats(settings.layout)
+    )
+    texts = [(s.content, u.content) for s, u in zip(system, user, strict=True)]
+    order = sorted(range(len(texts)), key=texts.__getitem__)
+    prompts = [[system[prompt], user[prompt]] for prompt in order]
+    requests = order_requests(prompts, settings, [pairs[prompt // 2].seed for prompt in order])
     completions = complete_all(backend, requests, counters, what)
     k = settings.samples_per_order
-    margins = np.full(len(prompts), math.nan)
-    for position, prompt in enumerate(order):
-        margin = order_margin(completions[position * k : (position + 1) * k])
-        if margin is not None:
-            margins[prompt] = margin
+    margins = np.full(len(values), math.nan)
+    if k == 1:
+        read = [letter_margin(c) for c in completions]
+    else:
+        read = [vote_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
+    # None (no letter read) becomes NaN.
+    margins[order] = np.array(read, dtype=float)
     return margins[0::2].copy(), margins[1::2].copy()
 
 
-def order_margin(completions: list[Completion]) -> float | None:
-    return letter_margin(completions[0]) if len(completions) == 1 else vote_margin(completions)
+def _message_column(
+    role: str, fmt: str, values: list[tuple[str, str, str, str]]
+) -> list[ChatMessage]:
+    """One message of every prompt, formatted once per distinct value of the fields it reads:
+    those repeat over prompts (a user's description in all of the user's prompts, a pair in
+    one order in the prompts of every user who drew it), and formatting each prompt anew was
+    the judge's largest cost. Prompts whose message reads the same values share one
+    `ChatMessage` (frozen)."""
+    fields = _format_fields(fmt)
+    key_of = itemgetter(*fields) if fields else lambda _: ()
+    message_of: dict[object, ChatMessage] = {}
+    column = []
+    for value in values:
+        key = key_of(value)
+        message = message_of.get(key)
+        if message is None:
+            message = message_of[key] = ChatMessage(role, fmt.format(*value))
+        column.append(message)
+    return column
+
+
+@cache
+def _format_fields(fmt: str) -> tuple[int, ...]:
+    """The positions of `JUDGE_VALUES` a message's format string reads."""
+    return tuple(sorted({int(name) for _, name, _, _ in Formatter().parse(fmt) if name}))
 
 
 def vote_margin(completions: list[Completion]) -> float | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -56,6 +57,9 @@ FLAG_COLUMNS = [
 # Domains with more users are checked for near-duplicate labellers on a seeded sample of
 # this many users (each against everyone): exact checking is quadratic in users.
 FLAG_CHECK_USERS = 2000
+# (checked, user) pairs counted with one bincount up to this many (8 bytes each), by a sort
+# above (`_close_to_checked`).
+_BINCOUNT_LIMIT = 1 << 22
 
 # Judgments: one frame, or one frame per shard where no user's judgments span two shards.
 Judgments = pl.DataFrame | pl.LazyFrame | Sequence[pl.LazyFrame]
@@ -263,27 +267,76 @@ def flagged_users(
     theirs = pl.concat(
         [part.join(checked.lazy(), on=[key, "persona_uuid", "user"]).collect() for part in labels]
     ).select(key, "item", pl.col("user").alias("checked"), pl.col("chose_first").alias("theirs"))
+    by_group = _theirs_by_group(theirs, key)
     found = set()
     for part in labels:
-        close = (
-            part.join(theirs.lazy(), on=[key, "item"])
-            .filter(pl.col("user") != pl.col("checked"))
-            .group_by(key, "checked", "user")
-            .agg(shared=pl.len(), agreed=(pl.col("chose_first") == pl.col("theirs")).sum())
-            .filter(
-                (pl.col("shared") >= settings.flag_min_shared)
-                & (pl.col("agreed") / pl.col("shared") > settings.flag_agreement)
-            )
-            .select(key, "checked")
-            .collect()
-        )
-        found.update(close.iter_rows())
+        found.update(_close_to_checked(part.collect(), by_group, key, settings))
     names = {(g, user): uuid for g, uuid, user in checked.iter_rows()}
     counts = checked.group_by(key).len()
     return {
         group: (sorted(names[g, user] for g, user in found if g == group), count)
         for group, count in counts.iter_rows()
     }
+
+
+class _Theirs(NamedTuple):
+    """A group's checked labels sorted by item: item, checked user (as a code into `ids`),
+    and whether it chose the first response."""
+
+    item: np.ndarray
+    checked: np.ndarray
+    ids: np.ndarray
+    chose_first: np.ndarray
+
+
+def _theirs_by_group(theirs: pl.DataFrame, key: str) -> dict[str, _Theirs]:
+    groups = {}
+    for (group,), frame in theirs.partition_by(key, as_dict=True).items():
+        frame = frame.sort("item")
+        ids, checked = np.unique(frame["checked"].to_numpy(), return_inverse=True)
+        groups[group] = _Theirs(frame["item"].to_numpy(), checked, ids, frame["theirs"].to_numpy())
+    return groups
+
+
+def _close_to_checked(
+    part: pl.DataFrame, theirs: dict[str, _Theirs], key: str, settings: JudgeConfig
+) -> set[tuple[str, int]]:
+    """(group, checked) for each checked user whose labels agree with one of `part`'s other
+    users on more than `flag_agreement` of at least `flag_min_shared` shared items.
+
+    A join of the part's labels with the checked users' on (group, item), then counts per
+    (checked, user), done on sorted arrays: as a polars join and group-by, the ~27 checked
+    labels each label of a part meets were most of the run's label statistics."""
+    found = set()
+    for (group,), mine in part.partition_by(key, as_dict=True).items():
+        other = theirs.get(group)
+        if other is None:
+            continue
+        item = mine["item"].to_numpy()
+        left = np.searchsorted(other.item, item, "left")
+        met = np.searchsorted(other.item, item, "right") - left
+        row = np.repeat(np.arange(len(item)), met)  # (m,) the part's label of each meeting
+        # (m,) the checked label met: the first of its item's run, then the next ones.
+        col = np.arange(int(met.sum())) - np.repeat(np.cumsum(met) - met - left, met)
+        user_ids, user = np.unique(mine["user"].to_numpy(), return_inverse=True)
+        checked = other.checked[col]
+        apart = user_ids[user[row]] != other.ids[checked]
+        agree = (mine["chose_first"].to_numpy()[row] == other.chose_first[col])[apart]
+        # One integer per (checked, user) met: counted with a bincount where the square of
+        # codes is small (a shard's users), else with a sort.
+        pair = (checked * len(user_ids) + user[row])[apart]
+        size = len(other.ids) * len(user_ids)
+        if size <= _BINCOUNT_LIMIT:
+            shared = np.bincount(pair, minlength=size)
+            agreed = np.bincount(pair, weights=agree, minlength=size)
+            pairs = np.flatnonzero(shared)
+            shared, agreed = shared[pairs], agreed[pairs]
+        else:
+            pairs, which, shared = np.unique(pair, return_inverse=True, return_counts=True)
+            agreed = np.bincount(which, weights=agree, minlength=len(pairs))
+        close = (shared >= settings.flag_min_shared) & (agreed / shared > settings.flag_agreement)
+        found.update((group, c) for c in other.ids[pairs[close] // len(user_ids)].tolist())
+    return found
 
 
 def near_duplicate_labellers(judgments: Judgments, settings: JudgeConfig) -> list[str]:

@@ -27,7 +27,8 @@ from fspo_data.core.records import (
     Persona,
     RecordTable,
     derived_seed,
-    stable_id,
+    id_key,
+    id_of,
     to_table,
 )
 from fspo_data.domains import load_domain
@@ -64,11 +65,12 @@ def window_episode(window: np.ndarray, questions: np.ndarray, split: str) -> Pla
 
     questions: (k,) a question code per pair of the user, indexed by the positions."""
     codes = questions[window].tolist()
-    times = Counter(codes)
-    query = next((i for i in range(len(codes) - 1, -1, -1) if times[codes[i]] == 1), None)
+    # A window is a few shots long: counting in the list beats building a Counter.
+    query = next((i for i in range(len(codes) - 1, -1, -1) if codes.count(codes[i]) == 1), None)
     if query is None:
         return None
-    return PlannedEpisode(split, int(window[query]), np.delete(window, query).tolist())
+    shots = window.tolist()
+    return PlannedEpisode(split, shots.pop(query), shots)
 
 
 def cut_user(
@@ -190,9 +192,15 @@ def episode_table(
     personas = records_from_table(personas_table, Persona)
     kept = kept_pairs(judgments)
     owners, planned = plan_shard(personas, kept, config, counters)
-    ids = kept["judgment_uuid"].to_pylist()
+    # stable_id("episode", user, query id, *shot ids), from each part's id_key made once.
+    judgment_keys = [id_key(uuid) for uuid in kept["judgment_uuid"].to_pylist()]
+    owner_keys = {owner: id_key("episode", personas[owner].persona_uuid) for owner in owners}
     episode_ids = [
-        stable_id("episode", personas[owner].persona_uuid, ids[e.query], *[ids[r] for r in e.shots])
+        id_of(
+            owner_keys[owner]
+            + judgment_keys[e.query]
+            + b"".join([judgment_keys[r] for r in e.shots])
+        )
         for owner, e in zip(owners, planned, strict=True)
     ]
     first = np.unique(np.array(episode_ids, dtype=object), return_index=True)[1]

@@ -38,6 +38,7 @@ from fspo_data.stages.base import (
     StageContext,
     StageLoad,
     config_slice,
+    gc_paused,
 )
 from fspo_data.stages.pairs import PAIR_INPUTS, CandidatePair, ShardInputs, shard_inputs
 
@@ -112,6 +113,7 @@ def _eligible(
     return [p for p, _ in kept], [answer for _, answer in kept]
 
 
+@gc_paused()
 def run(spec: ShardSpec, tables: Inputs, ctx: StageContext) -> ShardOutput:
     config, settings = ctx.config, ctx.config.stages.judge
     domain = load_domain(spec.domain, config.domains_dir)

@@ -112,7 +112,8 @@ class Jobs:
         return cls(users=users, pairs=pairs, seeds=seeds)
 
     def take(self, rows: list[int]) -> Jobs:
-        return Jobs(**{f.name: [getattr(self, f.name)[r] for r in rows] for f in fields(self)})
+        columns = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Jobs(**{name: [column[r] for r in rows] for name, column in columns.items()})
 
 
 def judge_pass(

@@ -24,11 +24,17 @@ PAIR_INPUTS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CandidatePair:
     question_uuid: str
     x: str
     y: str
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr, byte for byte (seeds hash it: `derived_seed("judge",
+        # user, pair)`), without the recursion guard that made it the gold stage's largest
+        # cost per probe.
+        return f"CandidatePair(question_uuid={self.question_uuid!r}, x={self.x!r}, y={self.y!r})"
 
 
 def candidate_pairs(
@@ -53,7 +59,9 @@ def assign_pairs(persona_uuid: str, pool_size: int, count: int, seed: int) -> li
     Users draw from the same pool, so the same pair is labelled by many users.
     """
     rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
-    return np.sort(rng.choice(pool_size, size=min(count, pool_size), replace=False)).tolist()
+    # Unshuffled: choice's shuffle only permutes the drawn set, which is sorted anyway.
+    drawn = rng.choice(pool_size, size=min(count, pool_size), replace=False, shuffle=False)
+    return np.sort(drawn).tolist()
 
 
 @dataclass

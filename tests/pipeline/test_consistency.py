@@ -54,7 +54,10 @@ def judgments(user, item, chose_first, domain="roleplay", margin=None) -> pl.Dat
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_flagged_users_agree_with_the_agreement_matrix(seed):
+@pytest.mark.parametrize("counting", ["bincount", "sort"])
+def test_flagged_users_agree_with_the_agreement_matrix(seed, counting, monkeypatch):
+    if counting == "sort":  # the path of shards with many users
+        monkeypatch.setattr(stats, "_BINCOUNT_LIMIT", 0)
     user, item, chose_first = random_labels(seed)
     expected = near_duplicates_in(
         agreement_matrix(user, item, chose_first, 60),

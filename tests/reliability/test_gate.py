@@ -47,7 +47,9 @@ def test_a_gate_above_the_judge_stops_before_the_judge_stage_and_resumes(
     failed = next(d for d in config.domains if f"gate: {d} gold accuracy" in err)
     assert gold[failed].pairs >= 10 and gold[failed].accuracy < 0.9
 
-    write_config(path, gated(config.run_dir, min_accuracy=0.3))
+    # At chance, a domain's first dozen gold pairs can score well under 0.5 (the instant
+    # double's review domain: 2 right of 11 kept); 0.1 lets every domain through.
+    write_config(path, gated(config.run_dir, min_accuracy=0.1))
     assert cli.main(["run", str(path), "--quiet"]) == 0
     resumed = load_manifest(config.run_dir / "gold").shards
     assert len(resumed) == planned

@@ -1,6 +1,7 @@
 """The column-wise paths of the judge and episode stages against their row-by-row definitions."""
 
 from collections import Counter
+from dataclasses import make_dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from fspo_data.core.records import (
 )
 from fspo_data.domains import load_domain
 from fspo_data.prompts import render
-from fspo_data.stages import episodes, gold, judge, plan_shards
+from fspo_data.stages import episodes, gold, judge, pairs, plan_shards
 from fspo_data.stages.base import StageContext
 from fspo_data.stages.pairs import CandidatePair, shard_inputs
 from tests.conftest import ScriptedBackend
@@ -136,6 +137,13 @@ def test_id_keys_concatenate_into_the_ids_and_seeds_of_all_the_parts():
             key = id_key(*parts[:cut]) + id_key(*parts[cut:])
             assert id_of(key) == stable_id(*parts)
             assert seed_of(key) == derived_seed(*parts)
+
+
+def test_a_candidate_pairs_repr_is_the_dataclass_one():
+    """Seeds hash a pair's repr: the hand-written one is the generated one, byte for byte."""
+    generated = make_dataclass("CandidatePair", ["question_uuid", "x", "y"], frozen=True)
+    for parts in [("q", "x", "y"), ("it's", 'é"', "a\\b\n")]:
+        assert repr(pairs.CandidatePair(*parts)) == repr(generated(*parts))
 
 
 def test_judge_ids_and_seeds_are_the_row_by_row_ones(tmp_path):
