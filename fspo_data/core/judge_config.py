@@ -32,9 +32,9 @@ class JudgeConfig(StrictModel):
         "description, then the question and both responses; the engine's prefix cache shares "
         "one user's description across that user's calls. 'pair_first' "
         "(prompts/judge_pair_first.txt): the question, both responses and the instruction, "
-        "then the user's description and a short answer cue; the cache shares a pair's text across every user of the shard who "
-        "judges it in that order (README: 'The judge's prefix cache'). Also the evaluation "
-        "judge's layout.",
+        "then the user's description and a short answer cue; the cache shares a pair's text "
+        "across every user of the shard who judges it in that order (README: 'The judge's "
+        "prefix cache'). Also the evaluation judge's layout.",
     )
     mode: Literal["strict", "calibrated"] = Field(
         default="calibrated",
