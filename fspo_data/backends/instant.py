@@ -11,13 +11,13 @@ import hashlib
 import time
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
-from fspo_data.core.model_config import ModelConfig
+from fspo_data.core.model_config import EMBEDDED_MODEL, ModelConfig
 
 NAME = "instant-benchmark-double"
 
 
-def _digest(request: ChatRequest) -> bytes:
-    text = "\x1f".join(m.content for m in request.messages) + f"\x1f{request.seed}"
+def _digest(request: ChatRequest, salt: str = "") -> bytes:
+    text = "\x1f".join(m.content for m in request.messages) + f"\x1f{request.seed}" + salt
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
@@ -38,6 +38,8 @@ class InstantBenchmarkDouble:
         self.model_name = NAME
         self._stats = BackendStats()
         self._simulate_truncation = model.simulate_truncation
+        # Doubles standing for distinct models answer differently; the default keeps its outputs.
+        self._salt = "" if model.model == EMBEDDED_MODEL else f"\x1f{model.model}"
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         started = time.perf_counter()
@@ -46,7 +48,7 @@ class InstantBenchmarkDouble:
         return completions
 
     def _answer(self, request: ChatRequest) -> Completion:
-        digest = _digest(request)
+        digest = _digest(request, self._salt)
         if request.top_logprobs:
             # Seeded margins in [-2, 2] nats around a +1 nat bias towards slot A.
             margin = 1.0 + (digest[0] - 127.5) / 64.0
