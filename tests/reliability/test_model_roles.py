@@ -174,6 +174,10 @@ def test_a_role_change_recomputes_only_its_stages_and_what_reads_them(tmp_path):
     planned = {s.name: len(plan_shards(s, roles_config(run_dir))) for s in STAGES}
     run_job(roles_config(run_dir), progress=False)
     generated = shard_files(run_dir, ("personas", "questions", "responses"))
+    # A model no role uses changes no recipe.
+    models = roles_config(run_dir).models | {"gen-d": double("gen-d")}
+    unused = run_job(roles_config(run_dir, models=models), progress=False)
+    assert set(ran_now(unused).values()) == {0}
 
     judged = run_job(roles_config(run_dir, ROLES | {"judge": "judge-y"}), progress=False)
     rejudged = {"gold", "judge", "episodes", "rationales"}
