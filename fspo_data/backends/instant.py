@@ -12,17 +12,17 @@ import time
 import zlib
 
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
-from fspo_data.core.model_config import ModelConfig
+from fspo_data.core.model_config import EMBEDDED_MODEL, ModelConfig
 
 NAME = "instant-benchmark-double"
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd
 _MASK = 2**64 - 1
 
 
-def _digest(request: ChatRequest) -> bytes:
+def _digest(request: ChatRequest, salt: str = "") -> bytes:
     """What a generated text is made from: its tags must differ from request to request, and
     generating stages make one call per record they write, not 3.3 per judged pair."""
-    text = "\x1f".join(m.content for m in request.messages) + f"\x1f{request.seed}"
+    text = "\x1f".join(m.content for m in request.messages) + f"\x1f{request.seed}" + salt
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
@@ -39,7 +39,7 @@ def _cut(text: str, natural_tokens: int, max_tokens: int) -> Completion:
 _MARGINS = [1.0 + (byte - 127.5) / 64.0 for byte in range(256)]
 
 
-def _letters(requests: list[ChatRequest]) -> list[Completion]:
+def _letters(requests: list[ChatRequest], salt: str = "") -> list[Completion]:
     """One-letter answers (a judge's): seeded letter log-probabilities, or a sampled letter.
 
     Each comes from a 64-bit hash of the request's seed and the CRC-32 of each message. The
@@ -52,8 +52,9 @@ def _letters(requests: list[ChatRequest]) -> list[Completion]:
     """
     crc_of: dict[str, int] = {}
     completions = []
+    salted = zlib.crc32(salt.encode()) if salt else 0
     for request in requests:
-        hashed = request.seed
+        hashed = request.seed ^ salted
         for message in request.messages:
             crc = crc_of.get(message.content)
             if crc is None:
@@ -81,15 +82,20 @@ class InstantBenchmarkDouble:
         self.model_name = NAME
         self._stats = BackendStats()
         self._simulate_truncation = model.simulate_truncation
+        # Doubles standing for two models of a job (tests of model roles) must answer
+        # differently; the default model name keeps every one-model output as it was.
+        self._salt = "" if model.model == EMBEDDED_MODEL else f"\x1f{model.model}"
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         started = time.perf_counter()
         letters = [r.top_logprobs > 0 or r.max_tokens == 1 for r in requests]
         if all(letters):
-            completions = _letters(requests)
+            completions = _letters(requests, self._salt)
         else:
             answers = iter(
-                _letters([r for r, letter in zip(requests, letters, strict=True) if letter])
+                _letters(
+                    [r for r, letter in zip(requests, letters, strict=True) if letter], self._salt
+                )
             )
             completions = [
                 next(answers) if letter else self._answer(r)
@@ -103,7 +109,7 @@ class InstantBenchmarkDouble:
         return completions
 
     def _answer(self, request: ChatRequest) -> Completion:
-        digest = _digest(request)
+        digest = _digest(request, self._salt)
         tag = digest.hex()
         text = (
             f"Which plain choice suits case {tag[:8]} best for most people?\n"

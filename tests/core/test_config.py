@@ -107,3 +107,51 @@ def test_the_train_config_refuses_a_key_given_twice(tmp_path):
     path.write_text(path.read_text() + "model: embedded:Other\n")
     with pytest.raises(ConfigError, match=r"model: key given twice \(lines 3 and \d+\)"):
         load_train_config(path)
+
+
+_MODELS = "run_dir: r\nmodels: {a: {backend: instant-benchmark-double}, b: {model: m}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_MODELS + "roles: {default: a, judge: x}\n", "roles.judge: 'x' is not a model under"),
+        (
+            _MODELS + "roles: {default: a, candidates: [a, y]}\n",
+            "roles.candidates.models.1: 'y' is not a model under `models:` (a, b)",
+        ),
+        (_MODELS + "roles: {default: a, candidates: [a, a]}\n", "roles.candidates.models"),
+        (
+            _MODELS + "roles: {default: a, candidates: {models: [a], assign: all}}\n",
+            "roles.candidates.assign",
+        ),
+        (_MODELS + "model: {}\nroles: {default: a}\n", "model: give one `model:` (every role)"),
+        (
+            _MODELS + "roles: {personas: a, questions: a, views: a, candidates: [a, b]}\n",
+            "roles.judge: no model serves it; name one of a, b (or set roles.default)",
+        ),
+        ("run_dir: r\nroles: {default: a}\n", "roles: needs `models:`"),
+        ("run_dir: r\nmodels: {'a b': {}}\nroles: {default: 'a b'}\n", "models.a b: a name"),
+    ],
+)
+def test_bad_models_or_roles_give_one_line_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+def test_one_model_is_shorthand_for_every_role():
+    roster = JobConfig(run_dir="r", model={"backend": "instant-benchmark-double"}).roster()
+    assert not roster.named
+    assert set(roster.roles.values()) == {("instant-benchmark-double",)}
+    named = JobConfig(
+        run_dir="r",
+        models={"gen": {}, "big": {"model": "m"}},
+        roles={"default": "gen", "judge": "big", "candidates": {"models": ["gen", "big"]}},
+    ).roster()
+    assert named.roles["judge"] == ("big",) and named.roles["eval_judge"] == ("gen",)
+    assert named.roles["candidates"] == ("gen", "big") and named.assign == "round_robin"
+    assert named.roles["rationales"] == ("gen",)
