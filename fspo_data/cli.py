@@ -13,6 +13,7 @@ from rich.table import Table
 from fspo_data.core import storage
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError, load_yaml_model
+from fspo_data.core.model_config import EMBEDDED_MODEL
 from fspo_data.pipeline.plan_command import add_plan_command
 from fspo_data.pipeline.validate import load_job
 
@@ -188,6 +189,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_path(args: argparse.Namespace) -> int:
+    from fspo_data.backends.embedded import resolve_model_path
+
+    try:
+        print(resolve_model_path(args.model))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fspo-data",
@@ -296,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="length of generated answers for the win rate",
     )
     evaluate.set_defaults(handler=cmd_eval)
+
+    model_path = commands.add_parser(
+        "model-path",
+        help="print the folder an engine loads for a model (the embedded one converted once)",
+        description="Print the Hugging Face folder vLLM loads for MODEL; for the embedded "
+        "model, its GGUF converted once under ~/.cache/fspo-data. For `vllm serve` of the "
+        'embedded weights: --model "$(fspo-data model-path)".',
+    )
+    model_path.add_argument("model", nargs="?", default=EMBEDDED_MODEL, help="default: %(default)s")
+    model_path.set_defaults(handler=cmd_model_path)
 
     add_plan_command(commands)
     return parser
