@@ -61,10 +61,11 @@ HOSTILE = {
     "long": "long " * 40_000 + "end",
 }
 # What every model-written text carries; a question must also match the stage's question
-# pattern (no '.', '!', ':', quotes or newline before its '?'), a view fit on one line and
-# look like one (two words or more, no ':', '?' or '"': `responses.plausible_view`).
+# pattern (no '.', '!', ':', quotes or newline before its '?') and read as a user's question
+# (no word "question", `questions.NOT_A_USERS_QUESTION`), a view fit on one line and look like
+# one (two words or more, no ':', '?' or '"': `responses.plausible_view`).
 EVERYTHING = " ".join(text for kind, text in HOSTILE.items() if kind != "long")
-QUESTION_TEXT = "Which $user ${description} {question} {{x}} %s [system] {a, [1, } \x00\x1b[31m\r"
+QUESTION_TEXT = "Which $user ${description} {topic} {{x}} %s [system] {a, [1, } \x00\x1b[31m\r"
 VIEW_LINES = ("[user] $view {question}", "{a [1, } %s $$", "\x1b[31mred\x1b[0m \u202eevil\x00")
 TEXTS = ("question", "chosen", "rejected")  # a shot's text fields
 RECORD_TYPES = (Persona, Question, Response, Judgment, Episode, RatEpisode)
@@ -249,7 +250,7 @@ def test_a_real_job_on_a_hostile_endpoint_writes_whole_records(tmp_path) -> None
         config = instant_config(
             tmp_path / "run",
             domains=["roleplay"],
-            counts={"users": 3, "questions": 2, "pairs_per_user": 6, "shots": {"roleplay": 2}},
+            counts={"users": 3, "questions": 3, "pairs_per_user": 6, "shots": {"roleplay": 2}},
             splits={"test_user_fraction": 0, "test_question_fraction": 0},
             model={"backend": "openai", "openai": {"base_url": server.base_url, "model": "m"}},
             stages={"judge": {"samples_per_order": 3}},
