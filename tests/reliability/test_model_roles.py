@@ -258,3 +258,29 @@ def test_the_dataset_card_of_a_job_with_named_models(tmp_path):
     write_config(tmp_path / "config.yaml", roles_config(tmp_path))
     card = render_card(tmp_path, "org/set", {"pretty_name": "x"}, {"default": {}}, pa.schema([]))
     assert "judge-x" in card
+
+
+def test_a_peer_pool_answers_through_a_lost_replica(tmp_path):
+    """An ensemble's other model is reached through its pool (`PeerPool`): a replica of it
+    lost for good (its restarts spent) costs no call and no answer, its run of the requests
+    going to the next replica."""
+    import ray
+
+    from fspo_data.pipeline.workers import PeerPool, ShardWorker, actor_options
+
+    config = roles_config(tmp_path / "run")
+    model = config.roster().models["gen-b"]
+    actor_class = ray.remote(ShardWorker).options(**actor_options(model))
+    actors = [actor_class.remote(config, "gen-b") for _ in range(2)]
+    ray.get([a.ready.remote() for a in actors])
+    domain = load_domain("roleplay", config.domains_dir)
+    question = Question(question_uuid="q", domain="roleplay", index=0, question="Which tent?",
+                        selected_trait="", trait_varied="", question_type="")  # fmt: skip
+    requests = [
+        response_request(domain, question, f"view {i}", config.stages.responses) for i in range(8)
+    ]
+    expected = [c.text for c in make_backend(model).complete(requests)]
+    ray.kill(actors[0], no_restart=True)  # its calls fail with RayActorError
+    assert [c.text for c in PeerPool("gen-b", actors).complete(requests)] == expected
+    for actor in actors:
+        ray.kill(actor)
