@@ -224,6 +224,10 @@ class ModelConfig(StrictModel):
         return self
 
 
+# Ray sums fractional CPUs in floats: the slack of every "does it fit" comparison.
+RESOURCE_SLACK = 1e-9
+
+
 def pools_resources(models: list[ModelConfig]) -> dict[str, float]:
     """What the pools of `models` reserve on Ray together, every replica placed."""
     total: dict[str, float] = {}

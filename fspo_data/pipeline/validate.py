@@ -14,14 +14,11 @@ from pathlib import Path
 from fspo_data.backends import backend_problems
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError
-from fspo_data.core.model_config import pools_resources
+from fspo_data.core.model_config import RESOURCE_SLACK, pools_resources
 from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
 from fspo_data.stages import STAGES
-
-# Ray sums fractional CPUs in floats.
-_SLACK = 1e-9
 
 
 def job_problems(config: JobConfig) -> list[str]:
@@ -94,19 +91,21 @@ def resource_problems(config: JobConfig, resources: Mapping[str, float]) -> list
         fields = {"CPU": f"{path}.cpus_per_replica", "GPU": f"{path}.tensor_parallel_size"}
         for kind, each in model.replica_resources().items():
             have = resources.get(kind, 0.0)
-            if model.replicas * each > have + _SLACK:
+            if model.replicas * each > have + RESOURCE_SLACK:
                 problems.append(
                     f"{fields[kind]}: {model.replicas} replica(s) x {each:g} {kind} need "
                     f"{model.replicas * each:g} {kind}, but Ray has {have:g}; the pool would "
                     "wait forever for the rest"
                 )
+    if problems:  # a pool that cannot be placed alone says more than a stage's sum
+        return problems
     for stage in STAGES:
         names = roster.names_of(stage.roles)
-        if problems or len(names) < 2 or not stage.enabled(config):
+        if len(names) < 2 or not stage.enabled(config):
             continue
         wanted = pools_resources([roster.models[n] for n in names])
         for kind, n in wanted.items():
-            if n > resources.get(kind, 0.0) + _SLACK:
+            if n > resources.get(kind, 0.0) + RESOURCE_SLACK:
                 problems.append(
                     f"roles: the {stage.name} stage needs the pools of {', '.join(names)} at "
                     f"once, {n:g} {kind} in all, but Ray has {resources.get(kind, 0.0):g}"

@@ -24,7 +24,7 @@ import ray
 from fspo_data.backends import backend_env, make_backend
 from fspo_data.core.chat import BackendStats, ChatRequest, Completion
 from fspo_data.core.config import JobConfig
-from fspo_data.core.model_config import ModelConfig, pools_resources
+from fspo_data.core.model_config import RESOURCE_SLACK, ModelConfig, pools_resources
 from fspo_data.core.records import to_table
 from fspo_data.core.shards import ShardEntry, read_committed, write_shard
 from fspo_data.core.storage import Location
@@ -95,15 +95,13 @@ class PeerPool:
         return completions
 
     def _answer(self, ref: ray.ObjectRef, run: list[ChatRequest], first: int) -> list[Completion]:
-        tries = len(self.actors) * (ENGINE_RESTARTS + 1)
-        for attempt in range(1, tries + 1):
+        # Every replica through every restart; the last try's error stops the shard.
+        for attempt in range(1, len(self.actors) * (ENGINE_RESTARTS + 1)):
             try:
                 return ray.get(ref)
             except ray.exceptions.RayActorError:
-                if attempt == tries:
-                    raise
                 ref = self.actors[(first + attempt) % len(self.actors)].complete.remote(run)
-        raise AssertionError("unreachable")
+        return ray.get(ref)
 
     def stats(self) -> BackendStats:
         return self._stats
@@ -194,7 +192,7 @@ class EnginePools:
         models = self.config.roster().models
         wanted = pools_resources([models[n] for n in names if n not in self.actors])
         available = ray.available_resources()
-        return all(n <= available.get(kind, 0.0) + 1e-6 for kind, n in wanted.items())
+        return all(n <= available.get(kind, 0.0) + RESOURCE_SLACK for kind, n in wanted.items())
 
     def release(self, keep: set[str] | frozenset[str] = frozenset()) -> None:
         for name in [n for n in self.actors if n not in keep]:
