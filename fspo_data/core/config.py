@@ -84,6 +84,15 @@ class CountsConfig(StrictModel):
         description="Size of the candidate-pair pool users draw from (empty: every pair). A "
         "smaller pool means more users label each pair, so they disagree on shared items.",
     )
+    pair_blocks: int = Field(
+        default=1,
+        gt=0,
+        description="Cut the users (by index) and the pair pool into this many aligned blocks: "
+        "a block's users draw their pairs from its slice of the pool only. A pair is still "
+        "labelled by about users x pairs_per_user / pool users, but all of them in one block, "
+        "so a judge shard holding a whole block (users_per_shard = users / pair_blocks) computes "
+        "each pair's prompt prefix once (stages.judge.layout: pair_first). 1: one pool for all.",
+    )
     shots: dict[str, Annotated[int, Field(gt=0, strict=True)]] = Field(
         default_factory=dict,
         description="Preference shots N per episode, by domain name (e.g. {roleplay: 4}); a "
@@ -339,7 +348,11 @@ class JobConfig(StrictModel):
             # Left out, not empty: a one-model job keeps the fingerprint it had before roles.
             payload.pop("models"), payload.pop("roles")
             payload["model"] = self.model.identity()
-        if not self.personas.stratify:
+        # Blocks deal users to pool slices by their index over all users: then the user count
+        # shapes every user's pairs. One block is how every run was before blocks.
+        if self.counts.pair_blocks == 1:
+            payload["counts"].pop("pair_blocks")
+        if not self.personas.stratify and self.counts.pair_blocks == 1:
             payload["counts"].pop("users")
         payload["counts"].pop("questions")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

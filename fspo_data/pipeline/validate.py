@@ -18,6 +18,7 @@ from fspo_data.core.model_config import RESOURCE_SLACK, pools_resources
 from fspo_data.core.storage import Location
 from fspo_data.domains import load_domain
 from fspo_data.personas.taxonomy import load_taxonomy
+from fspo_data.pipeline.plan import domain_counts
 from fspo_data.stages import STAGES
 
 
@@ -57,6 +58,7 @@ def domain_problems(config: JobConfig) -> list[str]:
     ]
     if problems:
         return problems
+    problems += block_problems(config)
     for domain in domains:
         shots = domain.shots(config.counts)
         if shots + 1 > config.counts.pairs_per_user:
@@ -73,6 +75,28 @@ def domain_problems(config: JobConfig) -> list[str]:
             f"{', '.join(config.domains)} (attributes: {', '.join(sorted(attributes))})"
         )
     return problems + backend_problems(config)
+
+
+def block_problems(config: JobConfig) -> list[str]:
+    """Pair blocks that would leave a block without users, or a user short of pairs."""
+    counts = config.counts
+    if counts.pair_blocks == 1:
+        return []
+    if counts.pair_blocks > counts.users:
+        return [
+            f"counts.pair_blocks: {counts.pair_blocks} blocks of counts.users ({counts.users}) "
+            "would leave a block with no user"
+        ]
+    problems = []
+    for name in config.domains:
+        pool = domain_counts(config, name).pool_pairs
+        if pool // counts.pair_blocks < counts.pairs_per_user:
+            problems.append(
+                f"counts.pair_blocks: {counts.pair_blocks} blocks of {name}'s pool of {pool} pairs "
+                f"hold {pool // counts.pair_blocks} pairs each, fewer than counts.pairs_per_user "
+                f"({counts.pairs_per_user}) a user draws from its block"
+            )
+    return problems
 
 
 def resource_problems(config: JobConfig, resources: Mapping[str, float]) -> list[str]:

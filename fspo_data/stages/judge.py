@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from fspo_data.core.chat import LLMBackend
 from fspo_data.core.config import JobConfig, JudgeConfig
+from fspo_data.core.config_files import config_leaves
 from fspo_data.core.records import Judgment, RecordTable, id_key, id_of, seed_of
 from fspo_data.domains import DomainSpec, load_domain
 from fspo_data.judging import (
@@ -40,7 +42,6 @@ from fspo_data.stages.base import (
     Stage,
     StageContext,
     StageLoad,
-    config_slice,
     gc_paused,
 )
 from fspo_data.stages.pairs import (
@@ -48,7 +49,10 @@ from fspo_data.stages.pairs import (
     CandidatePair,
     ShardInputs,
     assign_pairs,
+    block_users,
+    pool_block,
     shard_inputs,
+    users_by_block,
 )
 
 
@@ -102,9 +106,11 @@ class Jobs:
     @classmethod
     def assign(cls, inputs: ShardInputs, pool: Pool, config: JobConfig) -> Jobs:
         users, pairs, seeds = [], [], []
+        counts = config.counts
         for persona in inputs.personas:
             user = persona.persona_uuid
-            drawn = assign_pairs(user, len(pool.pairs), config.counts.pairs_per_user, config.seed)
+            block = pool_block(persona.index, counts.users, counts.pair_blocks, len(pool.pairs))
+            drawn = assign_pairs(user, block, counts.pairs_per_user, config.seed)
             key = id_key("judge", user)
             users += [user] * len(drawn)
             pairs += drawn
@@ -319,13 +325,19 @@ def estimate(config: JobConfig, domain: DomainSpec, est: Estimate) -> list[Stage
     if counts.pool_pairs is not None:
         pool = min(pool, counts.pool_pairs)
     est.counts["pool_pairs"] = pool
-    pairs_per_user = est.counts["pairs_per_user"] = min(counts.pairs_per_user, pool)
+    blocks = block_users(counts.users, counts.pair_blocks)
+    block_pool = pool // counts.pair_blocks
+    pairs_per_user = est.counts["pairs_per_user"] = min(counts.pairs_per_user, block_pool)
     calls_per_user = pairs_per_user * 2 * settings.samples_per_order
     view, response = est.stand_ins["view"], est.stand_ins["response"]
     statement = domain.state_preference(view, view)
     per_shard = config.sharding.users_per_shard  # judge shards follow the persona plan
-    shards = [min(per_shard, counts.users - start) for start in range(0, counts.users, per_shard)]
-    groups = sum(cache_groups(settings.layout, u, pairs_per_user, pool) for u in shards)
+    shards = [range(s, min(s + per_shard, counts.users)) for s in range(0, counts.users, per_shard)]
+    groups = sum(
+        cache_groups(settings.layout, users, pairs_per_user, block_pool)
+        for shard in shards
+        for users in users_by_block(shard, blocks)
+    )
     total = StageLoad("judge")
     for round_ in range(settings.refine_rounds + 1):
         stated = [statement] * (round_ * settings.stated_preferences_per_round)
@@ -353,12 +365,22 @@ LABEL_SETTINGS = tuple(
     if name not in {"flag_agreement", "flag_min_shared", "gold_pairs_per_user", "gate"}
 )
 
+
+def settings(config: JobConfig) -> dict[str, Any]:
+    paths = ["seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS]
+    # Blocks deal users to pool slices by index over all users: then the user count shapes
+    # every user's pairs. Otherwise it only says how far the shards go.
+    if config.counts.pair_blocks > 1:
+        paths += ["counts.pair_blocks", "counts.users"]
+    return config_leaves(config, paths)
+
+
 STAGE = Stage(
     name="judge",
     record_type=Judgment,
     roles=("judge",),
     inputs=PAIR_INPUTS,
-    settings=config_slice("seed", "counts.pairs_per_user", "counts.pool_pairs", *LABEL_SETTINGS),
+    settings=settings,
     # Both layouts' templates: `stages.judge.layout`, in its settings, picks the one rendered.
     prompts=lambda _: tuple(layout.template for layout in LAYOUTS.values()),
     run=run,

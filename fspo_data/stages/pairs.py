@@ -52,16 +52,34 @@ def candidate_pairs(
     ]
 
 
-def assign_pairs(persona_uuid: str, pool_size: int, count: int, seed: int) -> list[int]:
-    """A seeded sample of `count` of the pool's pairs (all of them if the pool is smaller) for
-    one user, as sorted positions in the pool.
+def assign_pairs(persona_uuid: str, block: range, count: int, seed: int) -> list[int]:
+    """A seeded sample of `count` of the pairs at positions `block` of the pool (all of them
+    if the block is smaller) for one user, as sorted positions in the pool.
 
-    Users draw from the same pool, so the same pair is labelled by many users.
+    Users draw from the same pool (or block of it), so the same pair is labelled by many users.
     """
     rng = np.random.default_rng(derived_seed("pairs", seed, persona_uuid))
     # Unshuffled: choice's shuffle only permutes the drawn set, which is sorted anyway.
-    drawn = rng.choice(pool_size, size=min(count, pool_size), replace=False, shuffle=False)
-    return np.sort(drawn).tolist()
+    drawn = rng.choice(len(block), size=min(count, len(block)), replace=False, shuffle=False)
+    return (np.sort(drawn) + block.start).tolist()
+
+
+def pool_block(user_index: int, users: int, blocks: int, pool_size: int) -> range:
+    """The positions of the pool that user `user_index` of `users` draws from: slice b of
+    `blocks` equal slices, for the user's block b = index x blocks // users (consecutive
+    indexes, so a shard of consecutive users holds whole blocks; `counts.pair_blocks`)."""
+    block = user_index * blocks // users
+    return range(block * pool_size // blocks, (block + 1) * pool_size // blocks)
+
+
+def block_users(users: int, blocks: int) -> list[range]:
+    """The user indexes of each block, the inverse of `pool_block`'s user -> block."""
+    return [range(-(-b * users // blocks), -(-(b + 1) * users // blocks)) for b in range(blocks)]
+
+
+def users_by_block(shard: range, blocks: list[range]) -> list[int]:
+    """How many of the users `shard` holds fall in each of `blocks` (`block_users`)."""
+    return [max(0, min(shard.stop, b.stop) - max(shard.start, b.start)) for b in blocks]
 
 
 @dataclass

@@ -3,6 +3,7 @@ import pytest
 from fspo_data import cli
 from fspo_data.core.config import JobConfig, load_config
 from fspo_data.core.config_files import ConfigError
+from fspo_data.stages import judge
 from tests.conftest import TESTS_DIR
 
 DEMO = TESTS_DIR.parent / "configs" / "demo.yaml"
@@ -55,6 +56,20 @@ def test_fingerprint_ignores_where_and_how_fast_but_not_what():
     assert base.fingerprint() == JobConfig(run_dir="a", model={"replicas": 4}).fingerprint()
     assert base.fingerprint() == JobConfig(run_dir="a", report={"after_run": False}).fingerprint()
     assert base.fingerprint() != JobConfig(run_dir="a", seed=1).fingerprint()
+
+
+def test_pair_blocks_put_the_user_count_in_the_fingerprint_and_the_judges_recipe():
+    def job(users: int, blocks: int) -> JobConfig:
+        return JobConfig(run_dir="a", counts={"users": users, "pair_blocks": blocks})
+
+    # One block is every run before blocks: a grown run keeps its fingerprint and judge shards.
+    assert (
+        job(12, 1).fingerprint() == job(24, 1).fingerprint() == JobConfig(run_dir="a").fingerprint()
+    )
+    assert judge.STAGE.settings(job(12, 1)) == judge.STAGE.settings(job(24, 1))
+    # Blocks deal users to pool slices over all users: the count shapes every user's pairs.
+    assert job(12, 2).fingerprint() != job(24, 2).fingerprint()
+    assert judge.STAGE.settings(job(12, 2)) != judge.STAGE.settings(job(24, 2))
 
 
 def test_help_works_for_every_command(capsys):

@@ -62,6 +62,15 @@ MALFORMED = {
         "run_dir: r\ndomains: [review]\ncounts: {pairs_per_user: 4, shots: {review: 4}}\n",
         "counts.shots.review + 1 (5) exceeds counts.pairs_per_user (4)",
     ),
+    "pair_blocks_exceed_users": (
+        "run_dir: r\ncounts: {users: 4, pair_blocks: 5}\n",
+        "counts.pair_blocks: 5 blocks of counts.users (4) would leave a block with no user",
+    ),
+    "pair_blocks_leave_too_few_pairs": (
+        "run_dir: r\ncounts: {users: 40, questions: 10, pair_blocks: 4}\n",
+        "counts.pair_blocks: 4 blocks of roleplay's pool of 30 pairs hold 7 pairs each, fewer "
+        "than counts.pairs_per_user (20)",
+    ),
     "backend_missing": ("run_dir: r\nmodel: {backend: }\n", "model.backend: Input should be"),
     "model_section_empty": ("run_dir: r\nmodel:\n", "model: Input should be a valid dictionary"),
     "backend_unknown": ("run_dir: r\nmodel: {backend: llama.cpp}\n", "model.backend:"),

@@ -106,10 +106,13 @@ def test_candidate_pairs_and_assignment_are_stable():
         [r.question_uuid for r in responses], [r.response_uuid for r in responses]
     )
     assert len(pool) == 9 and all(p.x < p.y for p in pool)
-    first = pairs.assign_pairs("user-1", len(pool), 4, seed=0)
-    assert first == pairs.assign_pairs("user-1", len(pool), 4, seed=0)
+    whole = range(len(pool))
+    first = pairs.assign_pairs("user-1", whole, 4, seed=0)
+    assert first == pairs.assign_pairs("user-1", whole, 4, seed=0)
     assert len(set(first)) == 4 and first == sorted(first)
-    assert pairs.assign_pairs("user-1", len(pool), 50, seed=0) == list(range(9))
+    assert pairs.assign_pairs("user-1", whole, 50, seed=0) == list(range(9))
+    # Pinned: one block is the whole pool, drawn exactly as before blocks existed.
+    assert first == [0, 1, 2, 8]
 
 
 def biased_judge_preferring_good(request: ChatRequest) -> Completion:
@@ -277,3 +280,17 @@ def test_elix_pairs_are_easy_when_a_candidate_targets_the_users_level():
         == "hard"
     )
     assert load_domain("roleplay").pair_difficulty(persona.traits, "a", "b") == ""
+
+
+def test_pair_blocks_deal_consecutive_users_to_slices_of_the_pool():
+    blocks = pairs.block_users(10, 3)
+    assert blocks == [range(0, 4), range(4, 7), range(7, 10)]
+    slices = [pairs.pool_block(i, 10, 3, 30) for i in range(10)]
+    # Every user of a block draws from its block's slice, and the slices cut the whole pool.
+    for b, users in enumerate(blocks):
+        assert {slices[i].start for i in users} == {b * 10}
+    assert sorted({(s.start, s.stop) for s in slices}) == [(0, 10), (10, 20), (20, 30)]
+    drawn = pairs.assign_pairs("user-1", pairs.pool_block(8, 10, 3, 30), 4, seed=0)
+    assert all(20 <= p < 30 for p in drawn) and len(drawn) == 4
+    assert pairs.pool_block(8, 10, 1, 30) == range(30)
+    assert pairs.users_by_block(range(3, 8), blocks) == [1, 3, 1]

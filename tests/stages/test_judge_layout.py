@@ -241,6 +241,40 @@ def test_plan_counts_each_shared_prefix_once_per_shard(layout):
         assert cached == (24 - 6) * shared
 
 
+def test_pair_blocks_keep_a_blocks_users_on_its_slice_of_the_pool():
+    # 5 users in 2 blocks, u0-u2 and u3-u4; the pool (by question) is q0's 3 pairs, then q1's.
+    spec, inputs, config, _ = shard(refine_rounds=0, layout="pair_first")
+    counts = config.counts.model_copy(update={"pair_blocks": 2, "pairs_per_user": 3})
+    config = config.model_copy(update={"counts": counts})
+    output = judge.run(spec, inputs, StageContext(config=config, backend=ScriptedBackend(
+        judge_by_user_and_slots)))  # fmt: skip
+    drawn: dict[str, set[tuple[str, str]]] = {}
+    for j in output.records:
+        drawn.setdefault(j.persona_uuid, set()).add((j.response_x_uuid, j.response_y_uuid))
+    q0 = {("r00", "r01"), ("r00", "r02"), ("r01", "r02")}
+    q1 = {(f"r1{x[-1]}", f"r1{y[-1]}") for x, y in q0}
+    assert drawn == {"u0": q0, "u1": q0, "u2": q0, "u3": q1, "u4": q1}
+
+
+def test_plan_with_a_pair_block_per_shard_shares_each_pair_over_all_its_users():
+    # 40 users, a pool of 40 pairs, 4 pairs each: ~4 users per pair over the job. One pool:
+    # a shard of 10 users holds each pair-order ~once; 4 blocks of 10 users and 10 pairs, one
+    # per shard: all ~4 users of a pair-order share its prefix in that shard.
+    def cached_share(pair_blocks: int) -> float:
+        config = JobConfig(
+            run_dir="x",
+            counts={"users": 40, "questions": 40, "candidates_per_question": 2,
+                    "pairs_per_user": 4, "pair_blocks": pair_blocks},
+            sharding={"users_per_shard": 10},
+            stages={"judge": {"layout": "pair_first", "refine_rounds": 0}},
+        )  # fmt: skip
+        load = next(s for s in job_loads(config) if s.stage == "judge")
+        return load.cached_prompt_tokens / load.prompt_tokens
+
+    assert cached_share(4) > 2 * cached_share(1) > 0
+    assert judging.cache_groups("pair_first", 10, 4, 10) == pytest.approx(20 * (1 - 0.6**10))
+
+
 def test_every_configurable_layout_has_a_template():
     configurable = set(get_args(JudgeConfig.model_fields["layout"].annotation))
     assert configurable == set(judging.LAYOUTS)
