@@ -2,18 +2,20 @@
 
 A slot is one place on a replica (`SHARDS_IN_FLIGHT_PER_REPLICA` per replica): a finished
 shard's slot gets the next shard in the queue, so a slow replica takes fewer shards and delays
-only those it holds. Near the end of the queue a slot waits instead when the replicas now busy,
-each at the pace of its last shard, would finish every shard left before it finished one:
-the last shards go to the fast replicas, not to a straggler. A replica that dies (its node
-lost, its process killed) loses its shards in flight: they go back to the front of the queue
-for the next free slot, and its slots come back once Ray has restarted it (its `ready` call
-answers). Ray does not retry them on the
-restarted actor itself (`max_task_retries=0`), which would hold them through the engine's
-reload while other replicas sit idle.
+only those it holds. Near the end of the queue two rules keep the last shards off a busy or
+slow engine: with fewer shards left than replicas, a replica computing a shard queues no
+second one; and a slot waits when the other replicas, each at the pace of its last shard,
+would finish every shard left before it finished one more after its own queue. A replica
+that dies (its node lost, its process killed) loses its shards in flight: they go back to the
+front of the queue for the next free slot, and its slots come back once Ray has restarted it
+(its `ready` probe answers; a probe that meets the process going down is asked again). Ray
+does not retry the shards on the restarted actor itself (`max_task_retries=0`), which would
+hold them through the engine's reload while other replicas sit idle.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,10 +48,12 @@ class Dispatcher:
         check: Callable[[int], str | None],
     ) -> None:
         self.todo, self.idle, self.submit, self.check = todo, list(slots), submit, check
+        self.replicas = len({id(slot) for slot in slots})
         # ref -> (its shard, or None for a lost replica's `ready` call; the slot it holds;
         # when it was submitted)
         self.pending: dict[ray.ObjectRef, tuple[ShardSpec | None, Any, float]] = {}
         self.took: dict[int, float] = {}  # id(slot) -> seconds its last shard took
+        self.freed: dict[int, float] = {}  # id(slot) -> when its last shard came back
         self.stop_reason: str | None = None
 
     def in_flight(self) -> int:
@@ -67,18 +71,24 @@ class Dispatcher:
         while self.in_flight() or (self.todo and self.pending and self.stop_reason is None):
             done, _ = ray.wait(list(self.pending), num_returns=1)
             spec, slot, submitted = self.pending.pop(done[0])
+            freed_before = self.freed.get(id(slot), 0.0)
             try:
                 entry = result(done[0])
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as exc:
                 if spec is not None:
                     self.todo.appendleft(spec)
                     self._lost(slot)
+                elif isinstance(exc, ray.exceptions.ActorUnavailableError):
+                    # A probe that reached the old process as it went down: ask again (Ray
+                    # holds the new call until the restarted actor is up).
+                    self._probe(slot)
                 # else its restarts are spent: the slot is gone for good.
                 self._dispatch()
                 continue
             if spec is not None:
                 commit(spec, entry)
-                self.took[id(slot)] = time.perf_counter() - submitted
+                self.freed[id(slot)] = time.perf_counter()
+                self.took[id(slot)] = self.freed[id(slot)] - max(submitted, freed_before)
             self.idle.append(slot)
             self._dispatch()
         if self.todo and self.stop_reason is None:
@@ -90,25 +100,59 @@ class Dispatcher:
 
     def _dispatch(self) -> None:
         self.idle.sort(key=lambda slot: self.took.get(id(slot), 0.0))  # fastest first
-        while self.idle and self.todo and self.stop_reason is None:
-            if self._others_finish_sooner(self.idle[0]):
+        while self.todo and self.stop_reason is None:
+            slot = self._next_slot()
+            if slot is None:
                 return
             self.stop_reason = self.check(self.in_flight())
             if self.stop_reason is None:
-                spec, slot = self.todo.popleft(), self.idle.pop(0)
+                spec = self.todo.popleft()
+                self.idle.remove(slot)
                 self.pending[self.submit(spec, slot)] = (spec, slot, time.perf_counter())
 
+    def _next_slot(self) -> Any | None:
+        """The idle slot that takes the next shard now, fastest first; None to wait.
+
+        Once fewer shards are left than replicas, a replica already computing one queues no
+        second: that shard would wait out the first while another replica's engine stood free.
+        """
+        for slot in self.idle:
+            if len(self.todo) < self.replicas and self._computing(slot):
+                continue
+            return None if self._others_finish_sooner(slot) else slot
+        return None
+
+    def _computing(self, slot: Any) -> bool:
+        return any(spec is not None and other is slot for spec, other, _ in self.pending.values())
+
     def _others_finish_sooner(self, slot: Any) -> bool:
-        """Whether the busy slots that would finish their shard and then one more before
-        `slot` finished one are at least as many as the shards left."""
+        """Whether the other busy replicas, each at the pace of its last shard, would finish
+        every shard left before `slot` finished one more (then it waits: the last shards go to
+        the fast replicas, not to a straggler).
+
+        A replica computes its shards in flight one after another: it is free at its first
+        one's submission plus its pace per shard, then takes one more shard per pace; `slot`'s
+        own shards in flight come before the one it would take."""
         mine = self.took.get(id(slot))
         if mine is None:
             return False
-        now, sooner = time.perf_counter(), 0
+        now, in_flight = time.perf_counter(), {}
         for spec, other, submitted in self.pending.values():
-            theirs = self.took.get(id(other))
-            if spec is not None and theirs is not None:
-                sooner += max(theirs - (now - submitted), 0.0) + theirs < mine
+            if spec is not None:
+                count, since = in_flight.get(id(other), (0, submitted))
+                in_flight[id(other)] = (count + 1, min(since, submitted))
+
+        def free_in(replica: int, pace: float) -> float:
+            # Its shard computing now started when it was submitted or when the one before
+            # it came back, whichever is later.
+            count, since = in_flight.get(replica, (0, now))
+            return max(max(since, self.freed.get(replica, 0.0)) + count * pace - now, 0.0)
+
+        done_at, sooner = free_in(id(slot), mine) + mine, 0
+        for replica in in_flight.keys() - {id(slot)}:
+            theirs = self.took.get(replica)
+            if theirs is not None:
+                sooner += max(math.ceil((done_at - free_in(replica, theirs)) / theirs) - 1, 0)
         return sooner >= len(self.todo)
 
     def _lost(self, actor: Any) -> None:
@@ -116,4 +160,8 @@ class Dispatcher:
         held = [actor] + [slot for slot in self.idle if slot is actor]
         self.idle = [slot for slot in self.idle if slot is not actor]
         for slot in held:
-            self.pending[slot.ready.remote()] = (None, slot, time.perf_counter())
+            self._probe(slot)
+
+    def _probe(self, slot: Any) -> None:
+        """Ask `slot`'s actor whether it is up; its answer gives the slot back."""
+        self.pending[slot.ready.remote()] = (None, slot, time.perf_counter())

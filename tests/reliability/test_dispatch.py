@@ -45,11 +45,22 @@ def wait_for_shards(config: JobConfig, count: int) -> None:
         time.sleep(0.02)
 
 
+def wait_for_mark(mark: Path) -> None:
+    """Until `mark` exists; an error (failing its shard) if never."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while not mark.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{mark.name} never written")
+        time.sleep(0.02)
+
+
 class GatedReplica(ShardWorker):
     """Replica `index`; role 'slow' holds its first shard until every shard but the two it holds
     (`SHARDS_IN_FLIGHT_PER_REPLICA`) is written,
     'lost' never finishes its first (the test kills it) and, restarted, comes back only once
-    every shard is written: a shard Ray retried on it would never finish."""
+    every shard is written: a shard Ray retried on it would never finish;
+    'returns' never finishes its first either but, restarted, runs shards at once, marking that
+    it did; 'patient' holds each shard until the restarted replica has run one."""
 
     def __init__(self, config: JobConfig, index: int, role: str, marks: Path) -> None:
         super().__init__(config)
@@ -64,6 +75,14 @@ class GatedReplica(ShardWorker):
                 raise
 
     def run_shard(self, spec: ShardSpec, peers: dict[str, list] | None = None) -> object:
+        marks = self.started.parent
+        if self.role == "returns" and self.started.exists():
+            (marks / "ran-after-restart").touch()
+        elif self.role == "returns":
+            self.started.write_text(spec.name)
+            wait_for_shards(self.ctx.config, self.total + 1)  # never: killed meanwhile
+        if self.role == "patient":
+            wait_for_mark(marks / "ran-after-restart")
         if self.role == "slow" and not self.held:
             self.held = True
             wait_for_shards(self.ctx.config, self.total - SHARDS_IN_FLIGHT_PER_REPLICA)
@@ -135,4 +154,24 @@ def test_a_lost_replicas_shard_goes_back_to_the_queue(tmp_path, local_ray):  # n
     # Recomputed by a replica that was up, not held for the lost one's restart.
     assert lost in by_replica[1] + by_replica[2]
     assert not (tmp_path / "held-for-restart").exists()
+    pool.release()
+
+
+def test_a_restarted_replica_takes_shards_again(tmp_path, local_ray):  # noqa: F811
+    # The others hold their shards until the restarted replica has run one: without it back
+    # (its first `ready` probe meets the process going down) they time out and the run fails.
+    config = personas_config(tmp_path / "run")
+    init_ray(config)
+    actors = start_replicas(config, ["returns", "patient", "patient"], tmp_path)
+    pool = EnginePools.given(config, actors)
+    started = tmp_path / "started-0"
+    with ThreadPoolExecutor(max_workers=1) as job:
+        future = job.submit(run_stage, config, PERSONAS, pool, False)
+        wait_for_mark(started)
+        ray.kill(actors[0], no_restart=False)
+        future.result(timeout=2 * PROGRESS_TIMEOUT_S)
+
+    by_replica = shards_by_replica(config)
+    assert sum(map(len, by_replica.values())) == len(plan_shards(PERSONAS, config))
+    assert by_replica.get(0), "the restarted replica took no shard"
     pool.release()
