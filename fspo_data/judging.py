@@ -29,7 +29,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import polars as pl
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend, complete_all
+from fspo_data.core.batch import PromptBatch, complete_letters
+from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend
 from fspo_data.core.config import JudgeConfig
 from fspo_data.domains import DomainSpec
 from fspo_data.prompts import render
@@ -177,51 +178,86 @@ def judge_both_orders(
     and the prefix is computed once, then served from the engine's cache while every prompt
     that shares it runs, even when the engine cuts the requests into batches. With
     persona_first that groups a user's calls; with pair_first, a pair-order's calls over
-    users (and a question's pairs together). Each completion is matched back to its pair and
+    users (and a question's pairs together). Each answer is matched back to its pair and
     order by position.
     """
+    batch, order = judge_batch(pairs, settings)
+    letters = complete_letters(backend, batch, counters, what)
+    k = settings.samples_per_order
+    margins = np.full(2 * len(pairs), math.nan)
+    margins[order] = letters.margins if k == 1 else vote_margins(letters.votes.reshape(-1, k))
+    return margins[0::2].copy(), margins[1::2].copy()
+
+
+def judge_batch(
+    pairs: Sequence[PairToJudge], settings: JudgeConfig
+) -> tuple[PromptBatch, np.ndarray]:
+    """The calls judging `pairs` in both orders (prompt 2i: pair i with x in slot A, 2i + 1:
+    y in slot A), sorted by their text, and (2j,) the prompt of each position in that order;
+    `order_requests`' requests, k per prompt for a majority vote."""
     values = [
         v
         for p in pairs
         for v in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
     ]
-    system, user = (
-        _message_column(role, fmt, values) for role, fmt in _judge_formats(settings.layout)
-    )
-    texts = [(s.content, u.content) for s, u in zip(system, user, strict=True)]
-    order = sorted(range(len(texts)), key=texts.__getitem__)
-    prompts = [[system[prompt], user[prompt]] for prompt in order]
-    requests = order_requests(prompts, settings, [pairs[prompt // 2].seed for prompt in order])
-    completions = complete_all(backend, requests, counters, what)
+    messages: list[ChatMessage] = []
+    columns = [
+        _message_column(role, fmt, values, messages)
+        for role, fmt in _judge_formats(settings.layout)
+    ]
+    # Sorting the prompts by their texts is sorting them by their messages' ranks in text
+    # order, column by column; ties (the same texts) keep the prompts' order, as `sorted`.
+    rank_of = {text: rank for rank, text in enumerate(sorted({m.content for m in messages}))}
+    rank = np.array([rank_of[m.content] for m in messages], dtype=np.int64)
+    prompts = np.array(columns, dtype=np.int64).reshape(len(columns), len(values))
+    order = np.lexsort((np.arange(len(values)), *(rank[c] for c in prompts[::-1])))
+    prompts = prompts.T[order]
+    seeds = np.array([p.seed for p in pairs], dtype=np.int64)[order // 2]
     k = settings.samples_per_order
-    margins = np.full(len(values), math.nan)
     if k == 1:
-        read = [letter_margin(c) for c in completions]
+        batch = PromptBatch(messages, prompts, seeds, 1, 0.0, top_logprobs=settings.top_logprobs)
     else:
-        read = [vote_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
-    # None (no letter read) becomes NaN.
-    margins[order] = np.array(read, dtype=float)
-    return margins[0::2].copy(), margins[1::2].copy()
+        batch = PromptBatch(
+            messages,
+            np.repeat(prompts, k, axis=0),
+            (seeds[:, None] + np.arange(k)).ravel(),
+            1,
+            settings.sample_temperature,
+        )
+    return batch, order
+
+
+def vote_margins(votes: np.ndarray) -> np.ndarray:
+    """(p,) `vote_margin` of (p, k) votes (+1 "A", -1 "B", 0 neither), NaN for no vote."""
+    k = votes.shape[1]
+    table = np.array(
+        [
+            [math.nan if a + b == 0 else math.log((a + 0.5) / (b + 0.5)) for b in range(k + 1)]
+            for a in range(k + 1)
+        ]
+    )
+    return table[(votes == 1).sum(axis=1), (votes == -1).sum(axis=1)]
 
 
 def _message_column(
-    role: str, fmt: str, values: list[tuple[str, str, str, str]]
-) -> list[ChatMessage]:
-    """One message of every prompt, formatted once per distinct value of the fields it reads:
-    those repeat over prompts (a user's description in all of the user's prompts, a pair in
-    one order in the prompts of every user who drew it), and formatting each prompt anew was
-    the judge's largest cost. Prompts whose message reads the same values share one
-    `ChatMessage` (frozen)."""
+    role: str, fmt: str, values: list[tuple[str, str, str, str]], messages: list[ChatMessage]
+) -> list[int]:
+    """One message of every prompt, as its index into `messages`, formatted once per distinct
+    value of the fields it reads: those repeat over prompts (a user's description in all of
+    the user's prompts, a pair in one order in the prompts of every user who drew it), and
+    formatting each prompt anew was the judge's largest cost. Prompts whose message reads
+    the same values share one `ChatMessage` (frozen), appended to `messages`."""
     fields = _format_fields(fmt)
     key_of = itemgetter(*fields) if fields else lambda _: ()
-    message_of: dict[object, ChatMessage] = {}
+    index_of: dict[object, int] = {}
     column = []
     for value in values:
         key = key_of(value)
-        message = message_of.get(key)
-        if message is None:
-            message = message_of[key] = ChatMessage(role, fmt.format(*value))
-        column.append(message)
+        index = index_of.get(key)
+        if index is None:
+            index = index_of[key] = len(messages)
+            messages.append(ChatMessage(role, fmt.format(*value)))
+        column.append(index)
     return column
 
 
@@ -254,22 +290,6 @@ def verdict_entropy(debiased_margin: pl.Expr) -> pl.Expr:
     a = debiased_margin.abs()
     tail = (-a).exp()
     return tail.log1p() + a * tail / (1 + tail)
-
-
-def letter_margin(completion: Completion) -> float | None:
-    """logp("A") - logp("B") of the first token; None if neither letter is among the top-k.
-
-    A letter missing from the top-k is given the smallest listed log-probability, an upper
-    bound on its true value, so the margin is conservative.
-    """
-    logprobs = completion.first_token_logprobs
-    a, b = logprobs.get("A"), logprobs.get("B")
-    if not completion.ok or (a is None and b is None):
-        return None
-    if a is None or b is None:
-        floor = min(logprobs.values())
-        a, b = floor if a is None else a, floor if b is None else b
-    return a - b
 
 
 @dataclass(frozen=True)
