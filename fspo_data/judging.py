@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from operator import itemgetter
@@ -195,22 +195,16 @@ def judge_batch(
     """The calls judging `pairs` in both orders (prompt 2i: pair i with x in slot A, 2i + 1:
     y in slot A), sorted by their text, and (2j,) the prompt of each position in that order;
     `order_requests`' requests, k per prompt for a majority vote."""
-    values = [
-        v
-        for p in pairs
-        for v in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
-    ]
     messages: list[ChatMessage] = []
     columns = [
-        _message_column(role, fmt, values, messages)
-        for role, fmt in _judge_formats(settings.layout)
+        _message_column(role, fmt, pairs, messages) for role, fmt in _judge_formats(settings.layout)
     ]
     # Sorting the prompts by their texts is sorting them by their messages' ranks in text
     # order, column by column; ties (the same texts) keep the prompts' order, as `sorted`.
     rank_of = {text: rank for rank, text in enumerate(sorted({m.content for m in messages}))}
     rank = np.array([rank_of[m.content] for m in messages], dtype=np.int64)
-    prompts = np.array(columns, dtype=np.int64).reshape(len(columns), len(values))
-    order = np.lexsort((np.arange(len(values)), *(rank[c] for c in prompts[::-1])))
+    prompts = np.array(columns, dtype=np.int64).reshape(len(columns), 2 * len(pairs))
+    order = np.lexsort((np.arange(2 * len(pairs)), *(rank[c] for c in prompts[::-1])))
     prompts = prompts.T[order]
     seeds = np.array([p.seed for p in pairs], dtype=np.int64)[order // 2]
     k = settings.samples_per_order
@@ -240,24 +234,38 @@ def vote_margins(votes: np.ndarray) -> np.ndarray:
 
 
 def _message_column(
-    role: str, fmt: str, values: list[tuple[str, str, str, str]], messages: list[ChatMessage]
-) -> list[int]:
-    """One message of every prompt, as its index into `messages`, formatted once per distinct
-    value of the fields it reads: those repeat over prompts (a user's description in all of
-    the user's prompts, a pair in one order in the prompts of every user who drew it), and
-    formatting each prompt anew was the judge's largest cost. Prompts whose message reads
-    the same values share one `ChatMessage` (frozen), appended to `messages`."""
+    role: str, fmt: str, pairs: Sequence[PairToJudge], messages: list[ChatMessage]
+) -> np.ndarray:
+    """(2j,) one message of every prompt (2i: pair i with x in slot A, 2i + 1: y in slot A)
+    as its index into `messages`, formatted once per distinct value of the fields it reads:
+    those repeat over prompts (a user's description in all of the user's prompts, a pair in
+    one order in the prompts of every user who drew it), and formatting each prompt anew was
+    the judge's largest cost. Prompts whose message reads the same values share one
+    `ChatMessage` (frozen), appended to `messages`; a message that reads neither response is
+    the same in both orders of a pair, looked up once."""
     fields = _format_fields(fmt)
-    key_of = itemgetter(*fields) if fields else lambda _: ()
+    # The same fields of the prompt with the responses swapped (PairToJudge: x at 2, y at 3).
+    swapped = tuple({2: 3, 3: 2}.get(f, f) for f in fields)
+    first_key = itemgetter(*fields) if fields else lambda _: ()
+    second_key = itemgetter(*swapped) if fields else lambda _: ()
     index_of: dict[object, int] = {}
-    column = []
-    for value in values:
-        key = key_of(value)
-        index = index_of.get(key)
-        if index is None:
-            index = index_of[key] = len(messages)
-            messages.append(ChatMessage(role, fmt.format(*value)))
-        column.append(index)
+
+    def indices(key_of: Callable[[PairToJudge], object], swap: bool) -> list[int]:
+        found = []
+        for p in pairs:
+            key = key_of(p)
+            index = index_of.get(key)
+            if index is None:
+                index = index_of[key] = len(messages)
+                text = fmt.format(p[0], p[1], p[3], p[2]) if swap else fmt.format(*p)
+                messages.append(ChatMessage(role, text))
+            found.append(index)
+        return found
+
+    firsts = indices(first_key, swap=False)
+    seconds = firsts if swapped == fields else indices(second_key, swap=True)
+    column = np.empty(2 * len(pairs), dtype=np.int64)
+    column[0::2], column[1::2] = firsts, seconds
     return column
 
 
