@@ -1,11 +1,12 @@
 """The one interface every model backend implements, and the request/result types.
 
-Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order.
-A backend never raises for a single bad completion: it returns a `Completion` with a
-`failure` kind and a reason. What happens next depends on the kind: a call that failed
-because the endpoint was unavailable is never dropped (the orchestrator leaves its shard
-uncommitted, pipeline/tally.py `CallTally`); a refused request or a bad answer is dropped
-and counted by the stage.
+Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order (a
+judge's one-letter calls travel as one columnar batch instead, core/batch.py, and reach a
+backend without a batch path as these requests). A backend never raises for a single bad
+completion: it returns a `Completion` with a `failure` kind and a reason. What happens next
+depends on the kind: a call that failed because the endpoint was unavailable is never
+dropped (the orchestrator leaves its shard uncommitted, pipeline/tally.py `CallTally`); a
+refused request or a bad answer is dropped and counted by the stage.
 
 The three types are slotted dataclasses, not pydantic models: a run makes one request and
 one completion per call, millions of them, and validating each cost more than the rest of
