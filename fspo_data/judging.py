@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import polars as pl
 
-from fspo_data.core.batch import PromptBatch, complete_letters
+from fspo_data.core.batch import PromptBatch, complete_letters, letter_vote
 from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend
 from fspo_data.core.config import JudgeConfig
 from fspo_data.domains import DomainSpec
@@ -224,11 +224,9 @@ def judge_batch(
 def vote_margins(votes: np.ndarray) -> np.ndarray:
     """(p,) `vote_margin` of (p, k) votes (+1 "A", -1 "B", 0 neither), NaN for no vote."""
     k = votes.shape[1]
+    # Every (n_A, n_B) a row can have, through vote_log_odds: the same floats as one by one.
     table = np.array(
-        [
-            [math.nan if a + b == 0 else math.log((a + 0.5) / (b + 0.5)) for b in range(k + 1)]
-            for a in range(k + 1)
-        ]
+        [[vote_log_odds(a, b) for b in range(k + 1)] for a in range(k + 1)], dtype=float
     )
     return table[(votes == 1).sum(axis=1), (votes == -1).sum(axis=1)]
 
@@ -281,8 +279,12 @@ def vote_margin(completions: list[Completion]) -> float | None:
     For k samples per order (judges whose log-probabilities are not trusted or not given);
     the sign is the majority verdict. None if no sample voted for a letter.
     """
-    votes = [c.text.strip()[:1] for c in completions if c.ok]
-    n_a, n_b = votes.count("A"), votes.count("B")
+    votes = [letter_vote(c) for c in completions]
+    return vote_log_odds(votes.count(1), votes.count(-1))
+
+
+def vote_log_odds(n_a: int, n_b: int) -> float | None:
+    """`vote_margin` of n_a votes for "A" and n_b for "B"."""
     if n_a + n_b == 0:
         return None
     return math.log((n_a + 0.5) / (n_b + 0.5))
