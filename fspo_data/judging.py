@@ -126,22 +126,22 @@ def cache_groups(layout: str, users: int, pairs_per_user: int, pool: int) -> flo
     return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
 
 
-def order_requests(
-    prompts: Sequence[list[ChatMessage]], settings: JudgeConfig, seeds: Sequence[int]
-) -> list[ChatRequest]:
-    """The requests for each prompt (one order of a pair) in turn: one greedy call each, or k
-    samples each for a majority vote."""
-    if settings.samples_per_order == 1:
-        top_logprobs = settings.top_logprobs
-        return [
-            ChatRequest(messages, 1, 0.0, seed, top_logprobs=top_logprobs)
-            for messages, seed in zip(prompts, seeds, strict=True)
-        ]
-    return [
-        ChatRequest(messages, 1, settings.sample_temperature, seed + k)
-        for messages, seed in zip(prompts, seeds, strict=True)
-        for k in range(settings.samples_per_order)
-    ]
+def order_batch(
+    messages: list[ChatMessage], prompts: np.ndarray, seeds: np.ndarray, settings: JudgeConfig
+) -> PromptBatch:
+    """The calls for each of the (p, m) `prompts` (one order of a pair each, rows of indices
+    into `messages`) in turn: one greedy call each with the letters' log-probabilities, or k
+    samples each (seeds seed .. seed + k - 1) for a majority vote."""
+    k = settings.samples_per_order
+    if k == 1:
+        return PromptBatch(messages, prompts, seeds, 1, 0.0, top_logprobs=settings.top_logprobs)
+    return PromptBatch(
+        messages,
+        np.repeat(prompts, k, axis=0),
+        (seeds[:, None] + np.arange(k)).ravel(),
+        1,
+        settings.sample_temperature,
+    )
 
 
 def judge_requests(
@@ -149,7 +149,8 @@ def judge_requests(
 ) -> list[ChatRequest]:
     """The requests for one order, `first` in slot A."""
     messages = judge_messages(settings.layout, description, question, first, second)
-    return order_requests([messages], settings, [seed])
+    prompt = np.arange(len(messages))[None, :]
+    return order_batch(messages, prompt, np.array([seed], dtype=np.int64), settings).requests()
 
 
 class PairToJudge(NamedTuple):
@@ -193,8 +194,8 @@ def judge_batch(
     pairs: Sequence[PairToJudge], settings: JudgeConfig
 ) -> tuple[PromptBatch, np.ndarray]:
     """The calls judging `pairs` in both orders (prompt 2i: pair i with x in slot A, 2i + 1:
-    y in slot A), sorted by their text, and (2j,) the prompt of each position in that order;
-    `order_requests`' requests, k per prompt for a majority vote."""
+    y in slot A), sorted by their text (`order_batch`'s calls of each prompt in turn), and
+    (2j,) the prompt of each position in that order."""
     messages: list[ChatMessage] = []
     columns = [
         _message_column(role, fmt, pairs, messages) for role, fmt in _judge_formats(settings.layout)
@@ -207,17 +208,7 @@ def judge_batch(
     order = np.lexsort((np.arange(2 * len(pairs)), *(rank[c] for c in prompts[::-1])))
     prompts = prompts.T[order]
     seeds = np.array([p.seed for p in pairs], dtype=np.int64)[order // 2]
-    k = settings.samples_per_order
-    if k == 1:
-        batch = PromptBatch(messages, prompts, seeds, 1, 0.0, top_logprobs=settings.top_logprobs)
-    else:
-        batch = PromptBatch(
-            messages,
-            np.repeat(prompts, k, axis=0),
-            (seeds[:, None] + np.arange(k)).ravel(),
-            1,
-            settings.sample_temperature,
-        )
+    batch = order_batch(messages, prompts, seeds, settings)
     return batch, order
 
 

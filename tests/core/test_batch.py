@@ -48,7 +48,23 @@ def sorted_requests(items: list[judging.PairToJudge], settings: JudgeConfig) -> 
         for a, b in ((p.x, p.y), (p.y, p.x))
     ]
     prompts.sort(key=lambda prompt: tuple(m.content for m in prompt[0]))
-    return judging.order_requests([m for m, _ in prompts], settings, [s for _, s in prompts])
+    return requests_of(prompts, settings)
+
+
+def requests_of(
+    prompts: list[tuple[list[ChatMessage], int]], settings: JudgeConfig
+) -> list[ChatRequest]:
+    """One greedy call per prompt, or k samples."""
+    if settings.samples_per_order == 1:
+        return [
+            ChatRequest(messages, 1, 0.0, seed, top_logprobs=settings.top_logprobs)
+            for messages, seed in prompts
+        ]
+    return [
+        ChatRequest(messages, 1, settings.sample_temperature, seed + k)
+        for messages, seed in prompts
+        for k in range(settings.samples_per_order)
+    ]
 
 
 @pytest.mark.parametrize("layout", judging.LAYOUTS)
@@ -57,6 +73,11 @@ def test_a_judge_batch_holds_the_requests_made_one_by_one(layout, samples):
     settings = JudgeConfig(layout=layout, samples_per_order=samples, sample_temperature=0.7)
     batch, order = judging.judge_batch(pairs(), settings)
     assert batch.requests() == sorted_requests(pairs(), settings)
+    one = pairs()[0]
+    messages = judging.judge_messages(settings.layout, *one[:4])
+    assert judging.judge_requests(*one[:4], settings, one.seed) == requests_of(
+        [(messages, one.seed)], settings
+    )
     assert sorted(order.tolist()) == list(range(2 * len(pairs())))
     # Each message is held once, however many prompts read it.
     assert len(batch.messages) == len({(m.role, m.content) for m in batch.messages})
