@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from operator import itemgetter
@@ -29,7 +29,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import polars as pl
 
-from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend, complete_all
+from fspo_data.core.batch import PromptBatch, complete_letters, letter_vote
+from fspo_data.core.chat import ChatMessage, ChatRequest, Completion, LLMBackend
 from fspo_data.core.config import JudgeConfig
 from fspo_data.domains import DomainSpec
 from fspo_data.prompts import render
@@ -125,22 +126,22 @@ def cache_groups(layout: str, users: int, pairs_per_user: int, pool: int) -> flo
     return 2 * pool * (1 - (1 - pairs_per_user / pool) ** users)
 
 
-def order_requests(
-    prompts: Sequence[list[ChatMessage]], settings: JudgeConfig, seeds: Sequence[int]
-) -> list[ChatRequest]:
-    """The requests for each prompt (one order of a pair) in turn: one greedy call each, or k
-    samples each for a majority vote."""
-    if settings.samples_per_order == 1:
-        top_logprobs = settings.top_logprobs
-        return [
-            ChatRequest(messages, 1, 0.0, seed, top_logprobs=top_logprobs)
-            for messages, seed in zip(prompts, seeds, strict=True)
-        ]
-    return [
-        ChatRequest(messages, 1, settings.sample_temperature, seed + k)
-        for messages, seed in zip(prompts, seeds, strict=True)
-        for k in range(settings.samples_per_order)
-    ]
+def order_batch(
+    messages: list[ChatMessage], prompts: np.ndarray, seeds: np.ndarray, settings: JudgeConfig
+) -> PromptBatch:
+    """The calls for each of the (p, m) `prompts` (one order of a pair each, rows of indices
+    into `messages`) in turn: one greedy call each with the letters' log-probabilities, or k
+    samples each (seeds seed .. seed + k - 1) for a majority vote."""
+    k = settings.samples_per_order
+    if k == 1:
+        return PromptBatch(messages, prompts, seeds, 1, 0.0, top_logprobs=settings.top_logprobs)
+    return PromptBatch(
+        messages,
+        np.repeat(prompts, k, axis=0),
+        (seeds[:, None] + np.arange(k)).ravel(),
+        1,
+        settings.sample_temperature,
+    )
 
 
 def judge_requests(
@@ -148,7 +149,8 @@ def judge_requests(
 ) -> list[ChatRequest]:
     """The requests for one order, `first` in slot A."""
     messages = judge_messages(settings.layout, description, question, first, second)
-    return order_requests([messages], settings, [seed])
+    prompt = np.arange(len(messages))[None, :]
+    return order_batch(messages, prompt, np.array([seed], dtype=np.int64), settings).requests()
 
 
 class PairToJudge(NamedTuple):
@@ -177,51 +179,82 @@ def judge_both_orders(
     and the prefix is computed once, then served from the engine's cache while every prompt
     that shares it runs, even when the engine cuts the requests into batches. With
     persona_first that groups a user's calls; with pair_first, a pair-order's calls over
-    users (and a question's pairs together). Each completion is matched back to its pair and
+    users (and a question's pairs together). Each answer is matched back to its pair and
     order by position.
     """
-    values = [
-        v
-        for p in pairs
-        for v in ((p.persona, p.question, p.x, p.y), (p.persona, p.question, p.y, p.x))
-    ]
-    system, user = (
-        _message_column(role, fmt, values) for role, fmt in _judge_formats(settings.layout)
-    )
-    texts = [(s.content, u.content) for s, u in zip(system, user, strict=True)]
-    order = sorted(range(len(texts)), key=texts.__getitem__)
-    prompts = [[system[prompt], user[prompt]] for prompt in order]
-    requests = order_requests(prompts, settings, [pairs[prompt // 2].seed for prompt in order])
-    completions = complete_all(backend, requests, counters, what)
+    batch, order = judge_batch(pairs, settings)
+    letters = complete_letters(backend, batch, counters, what)
     k = settings.samples_per_order
-    margins = np.full(len(values), math.nan)
-    if k == 1:
-        read = [letter_margin(c) for c in completions]
-    else:
-        read = [vote_margin(completions[i : i + k]) for i in range(0, len(completions), k)]
-    # None (no letter read) becomes NaN.
-    margins[order] = np.array(read, dtype=float)
+    margins = np.full(2 * len(pairs), math.nan)
+    margins[order] = letters.margins if k == 1 else vote_margins(letters.votes.reshape(-1, k))
     return margins[0::2].copy(), margins[1::2].copy()
 
 
+def judge_batch(
+    pairs: Sequence[PairToJudge], settings: JudgeConfig
+) -> tuple[PromptBatch, np.ndarray]:
+    """The calls judging `pairs` in both orders (prompt 2i: pair i with x in slot A, 2i + 1:
+    y in slot A), sorted by their text (`order_batch`'s calls of each prompt in turn), and
+    (2j,) the prompt of each position in that order."""
+    messages: list[ChatMessage] = []
+    columns = [
+        _message_column(role, fmt, pairs, messages) for role, fmt in _judge_formats(settings.layout)
+    ]
+    # Sorting the prompts by their texts is sorting them by their messages' ranks in text
+    # order, column by column; ties (the same texts) keep the prompts' order, as `sorted`.
+    rank_of = {text: rank for rank, text in enumerate(sorted({m.content for m in messages}))}
+    rank = np.array([rank_of[m.content] for m in messages], dtype=np.int64)
+    prompts = np.array(columns, dtype=np.int64).reshape(len(columns), 2 * len(pairs))
+    order = np.lexsort((np.arange(2 * len(pairs)), *(rank[c] for c in prompts[::-1])))
+    prompts = prompts.T[order]
+    seeds = np.array([p.seed for p in pairs], dtype=np.int64)[order // 2]
+    batch = order_batch(messages, prompts, seeds, settings)
+    return batch, order
+
+
+def vote_margins(votes: np.ndarray) -> np.ndarray:
+    """(p,) `vote_margin` of (p, k) votes (+1 "A", -1 "B", 0 neither), NaN for no vote."""
+    k = votes.shape[1]
+    # Every (n_A, n_B) a row can have, through vote_log_odds: the same floats as one by one.
+    table = np.array(
+        [[vote_log_odds(a, b) for b in range(k + 1)] for a in range(k + 1)], dtype=float
+    )
+    return table[(votes == 1).sum(axis=1), (votes == -1).sum(axis=1)]
+
+
 def _message_column(
-    role: str, fmt: str, values: list[tuple[str, str, str, str]]
-) -> list[ChatMessage]:
-    """One message of every prompt, formatted once per distinct value of the fields it reads:
+    role: str, fmt: str, pairs: Sequence[PairToJudge], messages: list[ChatMessage]
+) -> np.ndarray:
+    """(2j,) one message of every prompt (2i: pair i with x in slot A, 2i + 1: y in slot A)
+    as its index into `messages`, formatted once per distinct value of the fields it reads:
     those repeat over prompts (a user's description in all of the user's prompts, a pair in
     one order in the prompts of every user who drew it), and formatting each prompt anew was
     the judge's largest cost. Prompts whose message reads the same values share one
-    `ChatMessage` (frozen)."""
+    `ChatMessage` (frozen), appended to `messages`; a message that reads neither response is
+    the same in both orders of a pair, looked up once."""
     fields = _format_fields(fmt)
-    key_of = itemgetter(*fields) if fields else lambda _: ()
-    message_of: dict[object, ChatMessage] = {}
-    column = []
-    for value in values:
-        key = key_of(value)
-        message = message_of.get(key)
-        if message is None:
-            message = message_of[key] = ChatMessage(role, fmt.format(*value))
-        column.append(message)
+    # The same fields of the prompt with the responses swapped (PairToJudge: x at 2, y at 3).
+    swapped = tuple({2: 3, 3: 2}.get(f, f) for f in fields)
+    first_key = itemgetter(*fields) if fields else lambda _: ()
+    second_key = itemgetter(*swapped) if fields else lambda _: ()
+    index_of: dict[object, int] = {}
+
+    def indices(key_of: Callable[[PairToJudge], object], swap: bool) -> list[int]:
+        found = []
+        for p in pairs:
+            key = key_of(p)
+            index = index_of.get(key)
+            if index is None:
+                index = index_of[key] = len(messages)
+                text = fmt.format(p[0], p[1], p[3], p[2]) if swap else fmt.format(*p)
+                messages.append(ChatMessage(role, text))
+            found.append(index)
+        return found
+
+    firsts = indices(first_key, swap=False)
+    seconds = firsts if swapped == fields else indices(second_key, swap=True)
+    column = np.empty(2 * len(pairs), dtype=np.int64)
+    column[0::2], column[1::2] = firsts, seconds
     return column
 
 
@@ -237,8 +270,12 @@ def vote_margin(completions: list[Completion]) -> float | None:
     For k samples per order (judges whose log-probabilities are not trusted or not given);
     the sign is the majority verdict. None if no sample voted for a letter.
     """
-    votes = [c.text.strip()[:1] for c in completions if c.ok]
-    n_a, n_b = votes.count("A"), votes.count("B")
+    votes = [letter_vote(c) for c in completions]
+    return vote_log_odds(votes.count(1), votes.count(-1))
+
+
+def vote_log_odds(n_a: int, n_b: int) -> float | None:
+    """`vote_margin` of n_a votes for "A" and n_b for "B"."""
     if n_a + n_b == 0:
         return None
     return math.log((n_a + 0.5) / (n_b + 0.5))
@@ -254,22 +291,6 @@ def verdict_entropy(debiased_margin: pl.Expr) -> pl.Expr:
     a = debiased_margin.abs()
     tail = (-a).exp()
     return tail.log1p() + a * tail / (1 + tail)
-
-
-def letter_margin(completion: Completion) -> float | None:
-    """logp("A") - logp("B") of the first token; None if neither letter is among the top-k.
-
-    A letter missing from the top-k is given the smallest listed log-probability, an upper
-    bound on its true value, so the margin is conservative.
-    """
-    logprobs = completion.first_token_logprobs
-    a, b = logprobs.get("A"), logprobs.get("B")
-    if not completion.ok or (a is None and b is None):
-        return None
-    if a is None or b is None:
-        floor = min(logprobs.values())
-        a, b = floor if a is None else a, floor if b is None else b
-    return a - b
 
 
 @dataclass(frozen=True)

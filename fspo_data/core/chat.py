@@ -1,11 +1,12 @@
 """The one interface every model backend implements, and the request/result types.
 
-Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order.
-A backend never raises for a single bad completion: it returns a `Completion` with a
-`failure` kind and a reason. What happens next depends on the kind: a call that failed
-because the endpoint was unavailable is never dropped (the orchestrator leaves its shard
-uncommitted, pipeline/tally.py `CallTally`); a refused request or a bad answer is dropped
-and counted by the stage.
+Stages build `ChatRequest`s, a backend turns them into `Completion`s in the same order (a
+judge's one-letter calls travel as one columnar batch instead, core/batch.py, and reach a
+backend without a batch path as these requests). A backend never raises for a single bad
+completion: it returns a `Completion` with a `failure` kind and a reason. What happens next
+depends on the kind: a call that failed because the endpoint was unavailable is never
+dropped (the orchestrator leaves its shard uncommitted, pipeline/tally.py `CallTally`); a
+refused request or a bad answer is dropped and counted by the stage.
 
 The three types are slotted dataclasses, not pydantic models: a run makes one request and
 one completion per call, millions of them, and validating each cost more than the rest of
@@ -169,11 +170,27 @@ def complete_all(
     started = time.perf_counter()
     completions = backend.complete(requests)
     engine_ms = round((time.perf_counter() - started) * 1000)
+    failures = Counter(c.failure for c in completions if c.failure)
+    count_calls(
+        counters, backend.model_name, what, len(requests), usage(completions), failures, engine_ms
+    )
+    return completions
+
+
+def count_calls(
+    counters: Counter[str],
+    name: str,
+    what: str,
+    requests: int,
+    totals: Usage,
+    failures: Counter[str],
+    engine_ms: int,
+) -> None:
+    """The counters of a batch of `requests` calls of model `name` for `what`: what they used,
+    per model and for the shard, and how many failed, by kind (`failures`)."""
     counters["engine_ms"] += engine_ms
-    totals = usage(completions)
-    name = backend.model_name
     for field_name, n in (
-        ("requests", len(requests)),
+        ("requests", requests),
         ("prompt_tokens", totals.prompt_tokens),
         ("cached_prompt_tokens", totals.cached_prompt_tokens),
         ("completion_tokens", totals.completion_tokens),
@@ -181,12 +198,11 @@ def complete_all(
         ("engine_ms", engine_ms),
     ):
         counters[model_counter(name, field_name)] += n
-    counters[f"{what}_requests"] += len(requests)
+    counters[f"{what}_requests"] += requests
     counters[f"{what}_failed"] += totals.failed
-    for failure, n in Counter(c.failure for c in completions if c.failure).items():
+    for failure, n in failures.items():
         counters[f"{what}_failed_{failure}"] += n
     counters["prompt_tokens"] += totals.prompt_tokens
     counters["completion_tokens"] += totals.completion_tokens
     counters["cached_prompt_tokens"] += totals.cached_prompt_tokens
     counters["retries"] += totals.retries
-    return completions

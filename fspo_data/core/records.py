@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict
 def id_key(*parts: object) -> bytes:
     """The bytes `stable_id` hashes for `parts`. Keys concatenate: `id_key(a) + id_key(b)` is
     `id_key(a, b)`, so a column of ids that share leading parts encodes them once."""
-    return b"".join(repr(part).encode() + b"\x1f" for part in parts)
+    # Encoded once: UTF-8 of a concatenation is the concatenation of each part's UTF-8, so
+    # these are the bytes of each repr encoded and joined, at about half the cost a call.
+    return "".join([repr(part) + "\x1f" for part in parts]).encode()
 
 
 def id_of(key: bytes) -> str:

@@ -10,7 +10,8 @@ drop and count.
 
 from __future__ import annotations
 
-from fspo_data.core.chat import BackendStats, ChatRequest, Completion, LLMBackend
+from fspo_data.core.batch import Letters, PromptBatch, answer_letters
+from fspo_data.core.chat import BackendStats, ChatRequest, Completion, Failure, LLMBackend
 from fspo_data.stages.base import ShardSpec
 
 
@@ -39,18 +40,26 @@ class CallTally:
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         completions = self.backend.complete(requests)
-        failed = [c for c in completions if not c.ok]
-        unavailable = [c for c in failed if c.failure == "unavailable"]
+        self._tally(len(completions), [(c.failure, c.error) for c in completions if c.failure])
+        return completions
+
+    def complete_letters(self, batch: PromptBatch) -> Letters:
+        letters = answer_letters(self.backend, batch)
+        self._tally(len(letters), list(letters.failures.values()))
+        return letters
+
+    def _tally(self, calls: int, failed: list[tuple[Failure, str]]) -> None:
+        """Count `calls` calls of which `failed` (kind, error) failed, in call order."""
+        unavailable = [error for kind, error in failed if kind == "unavailable"]
         if unavailable:
             raise ModelUnavailable(
                 f"the model or endpoint is unavailable: {len(unavailable)} of "
-                f"{len(completions)} model calls of {self.shard} failed "
-                f"({unavailable[0].error or 'no reason given'}); {self.shard} is not committed"
+                f"{calls} model calls of {self.shard} failed "
+                f"({unavailable[0] or 'no reason given'}); {self.shard} is not committed"
             )
-        self.calls += len(completions)
+        self.calls += calls
         self.failed += len(failed)
-        self.first_error = self.first_error or (failed[0].error if failed else "")
-        return completions
+        self.first_error = self.first_error or (failed[0][1] if failed else "")
 
     def stats(self) -> BackendStats:
         return self.backend.stats()

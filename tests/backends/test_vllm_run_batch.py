@@ -17,9 +17,10 @@ import pytest
 
 from fspo_data.backends.embedded import ensure_embedded_model
 from fspo_data.backends.openai_batch import batch_file, read_results
+from fspo_data.core.batch import letter_margin
 from fspo_data.core.chat import Completion
 from fspo_data.core.config import JudgeConfig
-from fspo_data.judging import judge_requests, letter_margin
+from fspo_data.judging import judge_requests
 from tests.backends.test_openai_vllm_serve import SERVED_NAME, SERVER_ENV, log_tail
 
 pytestmark = pytest.mark.model

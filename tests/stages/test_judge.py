@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from fspo_data import judging
+from fspo_data.core.batch import letter_margin
 from fspo_data.core.chat import ChatRequest, Completion
 from fspo_data.core.config import JobConfig, JudgeConfig
 from fspo_data.core.records import Judgment, Persona, Question, Response, Trait, to_table
@@ -54,12 +55,12 @@ def test_calibrated_drops_small_margins():
 
 
 def test_letter_margin_reads_logprobs_and_floors_missing_letter():
-    assert judging.letter_margin(Completion(first_token_logprobs={"A": -0.5, "B": -2.0})) == 1.5
-    floored = judging.letter_margin(Completion(first_token_logprobs={"A": -0.5, "The": -3.0}))
+    assert letter_margin(Completion(first_token_logprobs={"A": -0.5, "B": -2.0})) == 1.5
+    floored = letter_margin(Completion(first_token_logprobs={"A": -0.5, "The": -3.0}))
     assert floored == pytest.approx(2.5)
-    assert judging.letter_margin(Completion(first_token_logprobs={"The": -0.1})) is None
+    assert letter_margin(Completion(first_token_logprobs={"The": -0.1})) is None
     failed = Completion(failure="bad_output", first_token_logprobs={"A": -1.0})
-    assert judging.letter_margin(failed) is None
+    assert letter_margin(failed) is None
 
 
 def test_position_stats():
