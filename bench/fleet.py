@@ -192,6 +192,26 @@ def run_mode(mode: str, config: JobConfig, speeds: list[ReplicaSpeed], load_s: f
     return summarize(mode, entries, stage_spans, wall, len(speeds))
 
 
+def stage_figures(name: str, start: float, stop: float, entries: list[ShardEntry], n: int) -> dict:
+    """One stage's shards, and its efficiency and held share over its own span, with the
+    seconds each replica held a shard of it (a lost or idle replica shows)."""
+    mine = [e for e in entries if start * 1000 <= e.counters["fleet_start_ms"] <= stop * 1000]
+    held = [0.0] * n
+    for e in mine:
+        held[e.counters["fleet_replica"]] += (
+            e.counters["fleet_stop_ms"] - e.counters["fleet_start_ms"]
+        ) / 1000
+    span = stop - start
+    return {
+        "stage": name,
+        "span_s": span,
+        "shards": len(mine),
+        "efficiency": sum(e.counters.get("engine_ms", 0) for e in mine) / 1000 / n / span,
+        "held": sum(held) / n / span,
+        "held_s": held,
+    }
+
+
 def summarize(
     mode: str, entries: list[ShardEntry], spans: list[tuple[str, float, float]], wall: float, n: int
 ) -> dict:
@@ -223,6 +243,7 @@ def summarize(
             )
             gaps += [b[0] - a[1] for a, b in zip(times, times[1:], strict=False)]
     return {
+        "stages": [stage_figures(name, start, stop, entries, n) for name, start, stop in spans],
         "gap_ms": sorted(gaps)[len(gaps) // 2] if gaps else 0,
         "mode": mode,
         "wall_s": wall,
@@ -276,6 +297,14 @@ def main() -> None:
         print(
             f"{r['mode']:>8} {r['wall_s']:7.1f} {r['busy_s']:7.1f} {r['efficiency']:10.3f} "
             f"{r['held']:5.3f} {r['barrier_idle']:12.3f} {r['gap_ms']:6d}  {r['shards']}"
+        )
+    print(f"dynamic by stage:\n{'stage':>9} {'span s':>7} {'shards':>6} {'efficiency':>10} "
+          f"{'held':>5}  seconds each replica held a shard")  # fmt: skip
+    for st in results[-1]["stages"]:
+        held_s = ", ".join(f"{s:.0f}" for s in st["held_s"])
+        print(
+            f"{st['stage']:>9} {st['span_s']:7.1f} {st['shards']:6d} {st['efficiency']:10.3f} "
+            f"{st['held']:5.3f}  [{held_s}]"
         )
 
 
