@@ -118,6 +118,21 @@ def personas_config(run_dir: Path) -> JobConfig:
     )
 
 
+def run_killing_the_first_replica(marks: Path, roles: list[str]) -> tuple[JobConfig, EnginePools]:
+    """The persona stage on replicas of `roles`, replica 0 killed (Ray restarts it,
+    `max_restarts`) once it has started a shard; the stage run to its end."""
+    config = personas_config(marks / "run")
+    init_ray(config)
+    actors = start_replicas(config, roles, marks)
+    pool = EnginePools.given(config, actors)
+    with ThreadPoolExecutor(max_workers=1) as job:
+        future = job.submit(run_stage, config, PERSONAS, pool, False)
+        wait_for_mark(marks / "started-0")
+        ray.kill(actors[0], no_restart=False)
+        future.result(timeout=2 * PROGRESS_TIMEOUT_S)
+    return config, pool
+
+
 def test_a_slow_replica_delays_only_its_own_shard(tmp_path, local_ray):  # noqa: F811
     config = personas_config(tmp_path / "run")
     init_ray(config)
@@ -133,21 +148,8 @@ def test_a_slow_replica_delays_only_its_own_shard(tmp_path, local_ray):  # noqa:
 
 
 def test_a_lost_replicas_shard_goes_back_to_the_queue(tmp_path, local_ray):  # noqa: F811
-    config = personas_config(tmp_path / "run")
-    init_ray(config)
-    actors = start_replicas(config, ["lost", "fast", "fast"], tmp_path)
-    pool = EnginePools.given(config, actors)
-    started = tmp_path / "started-0"
-    with ThreadPoolExecutor(max_workers=1) as job:
-        future = job.submit(run_stage, config, PERSONAS, pool, False)
-        deadline = time.monotonic() + PROGRESS_TIMEOUT_S
-        while not started.exists():
-            assert time.monotonic() < deadline, "the lost replica never started a shard"
-            time.sleep(0.02)
-        ray.kill(actors[0], no_restart=False)  # Ray restarts it (`max_restarts`)
-        future.result(timeout=PROGRESS_TIMEOUT_S)
-
-    lost = started.read_text()
+    config, pool = run_killing_the_first_replica(tmp_path, ["lost", "fast", "fast"])
+    lost = (tmp_path / "started-0").read_text()
     by_replica = shards_by_replica(config)
     total = len(plan_shards(PERSONAS, config))
     assert sum(map(len, by_replica.values())) == total, "the run is not whole"
@@ -160,17 +162,7 @@ def test_a_lost_replicas_shard_goes_back_to_the_queue(tmp_path, local_ray):  # n
 def test_a_restarted_replica_takes_shards_again(tmp_path, local_ray):  # noqa: F811
     # The others hold their shards until the restarted replica has run one: without it back
     # (its first `ready` probe meets the process going down) they time out and the run fails.
-    config = personas_config(tmp_path / "run")
-    init_ray(config)
-    actors = start_replicas(config, ["returns", "patient", "patient"], tmp_path)
-    pool = EnginePools.given(config, actors)
-    started = tmp_path / "started-0"
-    with ThreadPoolExecutor(max_workers=1) as job:
-        future = job.submit(run_stage, config, PERSONAS, pool, False)
-        wait_for_mark(started)
-        ray.kill(actors[0], no_restart=False)
-        future.result(timeout=2 * PROGRESS_TIMEOUT_S)
-
+    config, pool = run_killing_the_first_replica(tmp_path, ["returns", "patient", "patient"])
     by_replica = shards_by_replica(config)
     assert sum(map(len, by_replica.values())) == len(plan_shards(PERSONAS, config))
     assert by_replica.get(0), "the restarted replica took no shard"
