@@ -101,25 +101,25 @@ class Dispatcher:
     def _dispatch(self) -> None:
         self.idle.sort(key=lambda slot: self.took.get(id(slot), 0.0))  # fastest first
         while self.todo and self.stop_reason is None:
-            slot = self._next_slot()
-            if slot is None:
+            position = self._next_slot()
+            if position is None:
                 return
             self.stop_reason = self.check(self.in_flight())
             if self.stop_reason is None:
-                spec = self.todo.popleft()
-                self.idle.remove(slot)
+                spec, slot = self.todo.popleft(), self.idle.pop(position)
                 self.pending[self.submit(spec, slot)] = (spec, slot, time.perf_counter())
 
-    def _next_slot(self) -> Any | None:
-        """The idle slot that takes the next shard now, fastest first; None to wait.
+    def _next_slot(self) -> int | None:
+        """Where in `idle` the slot is that takes the next shard now, fastest first; None to
+        wait. (A slot itself may be None: a CPU task's.)
 
         Once fewer shards are left than replicas, a replica already computing one queues no
         second: that shard would wait out the first while another replica's engine stood free.
         """
-        for slot in self.idle:
+        for position, slot in enumerate(self.idle):
             if len(self.todo) < self.replicas and self._computing(slot):
                 continue
-            return None if self._others_finish_sooner(slot) else slot
+            return None if self._others_finish_sooner(slot) else position
         return None
 
     def _computing(self, slot: Any) -> bool:

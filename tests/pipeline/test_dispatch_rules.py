@@ -61,3 +61,15 @@ def test_a_straggler_counts_its_own_queue_before_the_shard_it_would_take():
     queue._dispatch()
     assert [name for _, name in submitted] == ["fast"]
     assert "slow" not in {name for _, name in submitted}
+
+
+def test_cpu_tasks_whose_slots_are_none_are_all_dispatched():
+    submitted: list[int] = []
+
+    def submit(shard: ShardSpec, slot: None) -> int:
+        submitted.append(shard.index)
+        return shard.index
+
+    queue = Dispatcher(deque(spec(i) for i in range(3)), [None] * 3, submit, lambda _: None)
+    queue._dispatch()
+    assert submitted == [0, 1, 2]
