@@ -28,6 +28,7 @@ from fspo_data.core.records import (
     RecordTable,
     derived_seed,
     id_key,
+    id_key_column,
     id_of,
     to_table,
 )
@@ -192,17 +193,25 @@ def episode_table(
     personas = records_from_table(personas_table, Persona)
     kept = kept_pairs(judgments)
     owners, planned = plan_shard(personas, kept, config, counters)
-    # stable_id("episode", user, query id, *shot ids), from each part's id_key made once.
-    judgment_keys = [id_key(uuid) for uuid in kept["judgment_uuid"].to_pylist()]
-    owner_keys = {owner: id_key("episode", personas[owner].persona_uuid) for owner in owners}
-    episode_ids = [
-        id_of(
-            owner_keys[owner]
-            + judgment_keys[e.query]
-            + b"".join([judgment_keys[r] for r in e.shots])
-        )
-        for owner, e in zip(owners, planned, strict=True)
-    ]
+    # stable_id("episode", user, query id, *shot ids): each part's id_key made once and the
+    # keys of an episode joined in Arrow; only the hashing is row by row.
+    judgment_keys = id_key_column(kept["judgment_uuid"])
+    user_keys = pa.array(
+        [id_key("episode", persona.persona_uuid) for persona in personas], pa.binary()
+    )
+    parts = [[e.query, *e.shots] for e in planned]
+    episode_keys = pc.binary_join_element_wise(
+        user_keys.take(pa.array(owners, pa.int64())),
+        pc.binary_join(
+            pa.ListArray.from_arrays(
+                pa.array(np.cumsum([0] + [len(p) for p in parts]), pa.int32()),
+                judgment_keys.take(pa.array([r for p in parts for r in p], pa.int64())),
+            ),
+            pa.scalar(b"", pa.binary()),
+        ),
+        pa.scalar(b"", pa.binary()),
+    )
+    episode_ids = [id_of(key) for key in episode_keys.to_pylist()]
     first = np.unique(np.array(episode_ids, dtype=object), return_index=True)[1]
     if dropped := len(episode_ids) - len(first):
         counters["repeat_duplicates_dropped"] += dropped
