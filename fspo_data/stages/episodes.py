@@ -42,7 +42,6 @@ from fspo_data.stages.base import (
     StageInput,
     config_slice,
     gc_paused,
-    records_from_table,
 )
 
 SHOT_FIELDS = ("judgment_uuid", "question", "chosen", "rejected")
@@ -102,7 +101,7 @@ def kept_pairs(judgments: pa.Table) -> pa.Table:
 
 
 def plan_shard(
-    personas: list[Persona], kept: pa.Table, config: JobConfig, counters: Counter[str]
+    personas: pa.Table, kept: pa.Table, config: JobConfig, counters: Counter[str]
 ) -> Planned:
     """Each user's episodes, user by user in persona order, as rows of `kept` (the user's
     kept pairs sorted by judgment id).
@@ -133,14 +132,20 @@ def plan_shard(
     # questions as (owner, query row, shot rows).
     passes: dict[tuple[int, int, str], list[tuple[int, np.ndarray]]] = {}
     queries: list[tuple[int, int, np.ndarray]] = []
-    for index, persona in enumerate(personas):
-        start, count = rows_of.get(persona.persona_uuid, (0, 0))
-        domain = load_domain(persona.domain, config.domains_dir)
-        user_held_out = domain.is_held_out_user(persona.traits) or held_out(
-            config.seed, "user", persona.persona_uuid, splits.test_user_fraction
+    uuids, names = personas["persona_uuid"].to_pylist(), personas["domain"].to_pylist()
+    traits = personas["traits"].combine_chunks()
+    held_by_traits, shots_of = np.zeros(len(uuids), bool), {}
+    for name in set(names):
+        domain = load_domain(name, config.domains_dir)
+        held_by_traits |= (np.array(names) == name) & domain.held_out_users(traits)
+        shots_of[name] = domain.shots(config.counts)
+    for index, (uuid, name) in enumerate(zip(uuids, names, strict=True)):
+        start, count = rows_of.get(uuid, (0, 0))
+        user_held_out = bool(held_by_traits[index]) or held_out(
+            config.seed, "user", uuid, splits.test_user_fraction
         )
-        shots = domain.shots(config.counts)
-        rng = np.random.default_rng(derived_seed("episodes", config.seed, persona.persona_uuid))
+        shots = shots_of[name]
+        rng = np.random.default_rng(derived_seed("episodes", config.seed, uuid))
         order = rng.permutation(count) + start
         if user_held_out:
             seen, asked, split = order, order[:0], "test_users"
@@ -149,9 +154,7 @@ def plan_shard(
             seen, asked, split = order[~test], order[test], "train"
         passes.setdefault((0, shots + 1, split), []).append((index, seen))
         for repeat in range(1, 1 if user_held_out else config.episodes.repeats):
-            again = np.random.default_rng(
-                derived_seed("episodes", config.seed, persona.persona_uuid, repeat)
-            )
+            again = np.random.default_rng(derived_seed("episodes", config.seed, uuid, repeat))
             passes.setdefault((repeat, shots + 1, split), []).append(
                 (index, seen[again.permutation(len(seen))])
             )
@@ -216,14 +219,14 @@ def episode_table(
         )
         counters["users_skipped_duplicate_persona"] += pc.sum(flagged).as_py()
         personas_table = personas_table.filter(pc.invert(flagged))
-    personas = records_from_table(personas_table, Persona)
     kept = kept_pairs(judgments)
-    planned = plan_shard(personas, kept, config, counters)
+    planned = plan_shard(personas_table, kept, config, counters)
     # stable_id("episode", user, query id, *shot ids): each part's id_key made once and the
     # keys of an episode joined in Arrow; only the hashing is row by row.
     judgment_keys = id_key_column(kept["judgment_uuid"])
     user_keys = pa.array(
-        [id_key("episode", persona.persona_uuid) for persona in personas], pa.binary()
+        [id_key("episode", uuid) for uuid in personas_table["persona_uuid"].to_pylist()],
+        pa.binary(),
     )
     width = planned.shots.shape[1] + 1
     offsets = pa.array(np.arange(len(planned.query) + 1) * width, pa.int32())
@@ -271,7 +274,7 @@ def episode_table(
         "rejected": completion_column(query["rejected"].combine_chunks()),
     }
     counters.update(f"episodes_{split}" for split in planned.split.tolist())
-    if without := len(personas) - len(np.unique(owners)):
+    if without := personas_table.num_rows - len(np.unique(owners)):
         counters["users_without_episode"] += without
     schema = Episode.arrow_schema()
     return pa.Table.from_arrays(
