@@ -4,10 +4,11 @@ Splits: a held-out user's episodes all go to `test_users`; a pair on a held-out 
 only ever a query, in `test_questions`, with shots from that user's other pairs; `train`
 never sees a held-out user or question.
 
-A shard's episodes are cut per user (a seeded shuffle, then windows); their columns are
-gathered from the judgments table with Arrow takes and their prompts assembled with Arrow
-string kernels (`prompt_column`, tested byte for byte against `format_prompt`). Only the
-episode ids (blake2b) are made row by row.
+A shard's episodes are drawn per user (a seeded shuffle, seeded picks) and cut for the whole
+shard at once (windows, each window's query); their columns are gathered from the judgments
+table with Arrow takes and their prompts assembled with Arrow string kernels (`prompt_column`,
+tested byte for byte against `format_prompt`). Only the draws and the episode ids' hashing
+(blake2b) are row by row.
 """
 
 from __future__ import annotations
