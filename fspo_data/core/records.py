@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, overload
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 
@@ -23,6 +24,19 @@ def id_key(*parts: object) -> bytes:
     # Encoded once: UTF-8 of a concatenation is the concatenation of each part's UTF-8, so
     # these are the bytes of each repr encoded and joined, at about half the cost a call.
     return "".join([repr(part) + "\x1f" for part in parts]).encode()
+
+
+# Strings whose repr is the string in single quotes: printable ASCII but quote and backslash.
+_PLAIN_REPR = r"^[\x20-\x26\x28-\x5b\x5d-\x7e]*$"
+
+
+def id_key_column(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """(n,) binary: `id_key(text)` of each string, built in Arrow where every string's repr is
+    the string quoted (ids, hex digests), else row by row; the same bytes either way."""
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    if texts.null_count == 0 and pc.all(pc.match_substring_regex(texts, _PLAIN_REPR)).as_py():
+        return pc.cast(pc.binary_join_element_wise("'", texts, "'\x1f", ""), pa.binary())
+    return pa.array([id_key(text) for text in texts.to_pylist()], pa.binary())
 
 
 def id_of(key: bytes) -> str:

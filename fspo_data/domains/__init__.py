@@ -20,6 +20,9 @@ from pathlib import Path
 from string import Template
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fspo_data.core.chat import ChatMessage
@@ -131,6 +134,18 @@ class DomainSpec(DomainFile):
     def is_held_out_user(self, traits: list[Trait]) -> bool:
         held = self.persona.held_out_trait_values
         return any(t.value in held.get(t.name, ()) for t in traits)
+
+    def held_out_users(self, traits: pa.Array) -> np.ndarray:
+        """(n,) `is_held_out_user` of each row of a traits column (list of name/value)."""
+        flat = traits.flatten()
+        hit = np.zeros(len(flat), bool)
+        for name, values in self.persona.held_out_trait_values.items():
+            named = pc.equal(flat.field("name"), name)
+            has = pc.and_(named, pc.is_in(flat.field("value"), pa.array(values, pa.string())))
+            hit |= has.to_numpy(zero_copy_only=False)
+        held = np.zeros(len(traits), bool)
+        held[pc.list_parent_indices(traits).to_numpy()[hit]] = True
+        return held
 
     def pair_difficulty(self, traits: list[Trait], view_x: str, view_y: str) -> str:
         """ "easy" when a candidate was written for the user's own level (the trait named by

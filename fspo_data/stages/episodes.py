@@ -4,10 +4,11 @@ Splits: a held-out user's episodes all go to `test_users`; a pair on a held-out 
 only ever a query, in `test_questions`, with shots from that user's other pairs; `train`
 never sees a held-out user or question.
 
-A shard's episodes are cut per user (a seeded shuffle, then windows); their columns are
-gathered from the judgments table with Arrow takes and their prompts assembled with Arrow
-string kernels (`prompt_column`, tested byte for byte against `format_prompt`). Only the
-episode ids (blake2b) are made row by row.
+A shard's episodes are drawn per user (a seeded shuffle, seeded picks) and cut for the whole
+shard at once (windows, each window's query); their columns are gathered from the judgments
+table with Arrow takes and their prompts assembled with Arrow string kernels (`prompt_column`,
+tested byte for byte against `format_prompt`). Only the draws and the episode ids' hashing
+(blake2b) are row by row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fspo_data.core.records import (
     RecordTable,
     derived_seed,
     id_key,
+    id_key_column,
     id_of,
     to_table,
 )
@@ -41,7 +43,6 @@ from fspo_data.stages.base import (
     StageInput,
     config_slice,
     gc_paused,
-    records_from_table,
 )
 
 SHOT_FIELDS = ("judgment_uuid", "question", "chosen", "rejected")
@@ -52,72 +53,45 @@ def held_out(seed: int, kind: str, uuid: str, fraction: float) -> bool:
     return derived_seed("split", kind, seed, uuid) / (2**31 - 1) < fraction
 
 
-class PlannedEpisode(NamedTuple):
-    split: str
-    query: int
-    shots: list[int]
+class Planned(NamedTuple):
+    """(e,) planned episodes, as rows of the shard's kept pairs: owner (persona index),
+    split, query row and shots rows (e, shots)."""
+
+    owner: np.ndarray
+    split: np.ndarray
+    query: np.ndarray
+    shots: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Planned:
+        return Planned(self.owner[rows], self.split[rows], self.query[rows], self.shots[rows])
 
 
-def window_episode(window: np.ndarray, questions: np.ndarray, split: str) -> PlannedEpisode | None:
-    """A window of shots+1 pair positions as an episode whose query's question is in none of
-    its shots: the last pair whose question is alone in the window is the query (the window's
-    last pair when it can be, as before). None when every question occurs twice or more.
+def window_queries(windows: np.ndarray, questions: np.ndarray) -> np.ndarray:
+    """(w,) the column of each window (a row of shots+1 pair rows) that is its query: the
+    last pair whose question is alone in the window, so that no shot shares the query's
+    question; -1 where every question occurs twice or more.
 
-    questions: (k,) a question code per pair of the user, indexed by the positions."""
-    codes = questions[window].tolist()
-    # A window is a few shots long: counting in the list beats building a Counter.
-    query = next((i for i in range(len(codes) - 1, -1, -1) if codes.count(codes[i]) == 1), None)
-    if query is None:
-        return None
-    shots = window.tolist()
-    return PlannedEpisode(split, shots.pop(query), shots)
+    questions: a question code per pair row."""
+    codes = questions[windows]
+    alone = (codes[:, :, None] == codes[:, None, :]).sum(axis=2) == 1
+    last = windows.shape[1] - 1 - np.argmax(alone[:, ::-1], axis=1)
+    return np.where(alone.any(axis=1), last, -1)
 
 
-def cut_user(
-    persona_uuid: str,
-    questions: np.ndarray,
-    test_question: np.ndarray,
-    user_held_out: bool,
-    shots: int,
-    seed: int,
-    repeats: int,
-    counters: Counter[str],
-) -> list[PlannedEpisode]:
-    """Episodes of one user, as positions into the user's kept pairs sorted by judgment id.
-
-    questions: (k,) a question code per kept pair; test_question: (k,) whether its question
-    is held out. The pairs are shuffled with a seed of the user; non-overlapping windows of
-    shots+1 make train (or test_users) episodes, `repeats` times over for train, each pass a
-    new shuffle (the first pass's seed is the one used before repeats existed); each
-    held-out-question pair becomes a query with `shots` seeded picks of the user's other
-    pairs as shots. A window in which no pair's question is alone is skipped and counted.
-    """
-    rng = np.random.default_rng(derived_seed("episodes", seed, persona_uuid))
-    order = rng.permutation(len(test_question))
-    if user_held_out:
-        seen, queries, split = order, order[:0], "test_users"
-    else:
-        test = test_question[order]
-        seen, queries, split = order[~test], order[test], "train"
-    passes = [seen]
-    for repeat in range(1, 1 if user_held_out else repeats):
-        again = np.random.default_rng(derived_seed("episodes", seed, persona_uuid, repeat))
-        passes.append(again.permutation(seen))
-    episodes = []
-    for pairs in passes:
-        windows = len(pairs) // (shots + 1)
-        for window in pairs[: windows * (shots + 1)].reshape(windows, shots + 1):
-            episode = window_episode(window, questions, split)
-            if episode is None:
-                counters["windows_skipped_query_in_shots"] += 1
-            else:
-                episodes.append(episode)
-    if len(seen) >= shots:
-        # Held-out questions are in no shot (`seen` excludes them), so no query's question is.
-        for query in queries.tolist():
-            picks = np.sort(rng.choice(len(seen), size=shots, replace=False))
-            episodes.append(PlannedEpisode("test_questions", query, seen[picks].tolist()))
-    return episodes
+def _windows(
+    passes: list[tuple[np.ndarray, np.ndarray]], width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(w,) owner and (w, width) rows: each user's non-overlapping windows of a pass,
+    user by user; passes: (owner, rows) of each user's pass, concatenated in that order."""
+    if not passes:
+        return np.zeros(0, np.int64), np.zeros((0, width), np.int64)
+    owner = np.concatenate([np.full(len(rows), user) for user, rows in passes])
+    rows = np.concatenate([rows for _, rows in passes])
+    lengths = np.array([len(rows) for _, rows in passes])
+    starts = np.cumsum(lengths) - lengths
+    rank = np.arange(len(rows)) - np.repeat(starts, lengths)
+    whole = rank < np.repeat(lengths // width * width, lengths)
+    return owner[whole][::width], rows[whole].reshape(-1, width)
 
 
 def kept_pairs(judgments: pa.Table) -> pa.Table:
@@ -128,9 +102,18 @@ def kept_pairs(judgments: pa.Table) -> pa.Table:
 
 
 def plan_shard(
-    personas: list[Persona], kept: pa.Table, config: JobConfig, counters: Counter[str]
-) -> tuple[list[int], list[PlannedEpisode]]:
-    """(e,) persona index and planned episode, with positions made rows of `kept`."""
+    personas: pa.Table, kept: pa.Table, config: JobConfig, counters: Counter[str]
+) -> Planned:
+    """Each user's episodes, user by user in persona order, as rows of `kept` (the user's
+    kept pairs sorted by judgment id).
+
+    The pairs are shuffled with a seed of the user; non-overlapping windows of shots+1 make
+    train (or test_users) episodes, `repeats` times over for train, each pass a new shuffle
+    (the first pass's seed is the one used before repeats existed); each held-out-question
+    pair becomes a query with `shots` seeded picks of the user's other pairs as shots. A
+    window in which no pair's question is alone is skipped and counted. Only the draws are
+    made user by user; the windows are cut for the whole shard at once.
+    """
     users, starts, counts = np.unique(
         kept["persona_uuid"].to_numpy(zero_copy_only=False), return_index=True, return_counts=True
     )
@@ -146,27 +129,75 @@ def plan_shard(
     test_question = test_question.to_numpy(zero_copy_only=False)
     question_codes = pc.index_in(kept["question_uuid"], value_set=pa.array(questions, pa.string()))
     question_codes = question_codes.to_numpy(zero_copy_only=False)
-    owners: list[int] = []
-    planned: list[PlannedEpisode] = []
-    for index, persona in enumerate(personas):
-        start, count = rows_of.get(persona.persona_uuid, (0, 0))
-        domain = load_domain(persona.domain, config.domains_dir)
-        user_held_out = domain.is_held_out_user(persona.traits) or held_out(
-            config.seed, "user", persona.persona_uuid, splits.test_user_fraction
+    # (pass, width) -> [(owner, rows)] of the window passes; the query episodes of held-out
+    # questions as (owner, query row, shot rows).
+    passes: dict[tuple[int, int, str], list[tuple[int, np.ndarray]]] = {}
+    queries: list[tuple[int, int, np.ndarray]] = []
+    uuids, names = personas["persona_uuid"].to_pylist(), personas["domain"].to_pylist()
+    traits = personas["traits"].combine_chunks()
+    held_by_traits, shots_of = np.zeros(len(uuids), bool), {}
+    for name in set(names):
+        domain = load_domain(name, config.domains_dir)
+        held_by_traits |= (np.array(names) == name) & domain.held_out_users(traits)
+        shots_of[name] = domain.shots(config.counts)
+    for index, (uuid, name) in enumerate(zip(uuids, names, strict=True)):
+        start, count = rows_of.get(uuid, (0, 0))
+        user_held_out = bool(held_by_traits[index]) or held_out(
+            config.seed, "user", uuid, splits.test_user_fraction
         )
-        for e in cut_user(
-            persona.persona_uuid,
-            question_codes[start : start + count],
-            test_question[start : start + count],
-            user_held_out,
-            domain.shots(config.counts),
-            config.seed,
-            config.episodes.repeats,
-            counters,
-        ):
-            owners.append(index)
-            planned.append(PlannedEpisode(e.split, start + e.query, [start + s for s in e.shots]))
-    return owners, planned
+        shots = shots_of[name]
+        rng = np.random.default_rng(derived_seed("episodes", config.seed, uuid))
+        order = rng.permutation(count) + start
+        if user_held_out:
+            seen, asked, split = order, order[:0], "test_users"
+        else:
+            test = test_question[order]
+            seen, asked, split = order[~test], order[test], "train"
+        passes.setdefault((0, shots + 1, split), []).append((index, seen))
+        for repeat in range(1, 1 if user_held_out else config.episodes.repeats):
+            again = np.random.default_rng(derived_seed("episodes", config.seed, uuid, repeat))
+            passes.setdefault((repeat, shots + 1, split), []).append(
+                (index, seen[again.permutation(len(seen))])
+            )
+        if len(seen) >= shots:
+            # Held-out questions are in no shot (`seen` excludes them), so no query's is.
+            for query in asked.tolist():
+                picks = np.sort(rng.choice(len(seen), size=shots, replace=False))
+                queries.append((index, query, seen[picks]))
+    widths = {width for _, width, _ in passes}
+    if len(widths) > 1:
+        raise ValueError(f"episodes: a shard's users have {len(widths)} shot counts, not one")
+    width = widths.pop() if widths else 1
+    parts, sections = [], []
+    for (repeat, _, split), users_passes in passes.items():
+        owner, windows = _windows(users_passes, width)
+        column = window_queries(windows, question_codes)
+        skipped = column < 0
+        if skipped.any():
+            counters["windows_skipped_query_in_shots"] += int(skipped.sum())
+        owner, windows, column = owner[~skipped], windows[~skipped], column[~skipped]
+        is_query = np.arange(width) == column[:, None]
+        parts.append(
+            Planned(
+                owner,
+                np.full(len(owner), split, dtype=object),
+                windows[is_query],
+                windows[~is_query].reshape(len(owner), width - 1),
+            )
+        )
+        sections.append(np.full(len(owner), repeat))
+    parts.append(
+        Planned(
+            np.array([owner for owner, _, _ in queries], np.int64),
+            np.full(len(queries), "test_questions", dtype=object),
+            np.array([query for _, query, _ in queries], np.int64),
+            np.array([shots for _, _, shots in queries], np.int64).reshape(len(queries), width - 1),
+        )
+    )
+    sections.append(np.full(len(queries), config.episodes.repeats))
+    planned = Planned(*(np.concatenate(columns) for columns in zip(*parts, strict=True)))
+    # User by user; within a user, pass by pass, the held-out questions' queries last.
+    return planned.take(np.lexsort((np.concatenate(sections), planned.owner)))
 
 
 def episode_table(
@@ -189,42 +220,47 @@ def episode_table(
         )
         counters["users_skipped_duplicate_persona"] += pc.sum(flagged).as_py()
         personas_table = personas_table.filter(pc.invert(flagged))
-    personas = records_from_table(personas_table, Persona)
     kept = kept_pairs(judgments)
-    owners, planned = plan_shard(personas, kept, config, counters)
-    # stable_id("episode", user, query id, *shot ids), from each part's id_key made once.
-    judgment_keys = [id_key(uuid) for uuid in kept["judgment_uuid"].to_pylist()]
-    owner_keys = {owner: id_key("episode", personas[owner].persona_uuid) for owner in owners}
-    episode_ids = [
-        id_of(
-            owner_keys[owner]
-            + judgment_keys[e.query]
-            + b"".join([judgment_keys[r] for r in e.shots])
-        )
-        for owner, e in zip(owners, planned, strict=True)
-    ]
-    first = np.unique(np.array(episode_ids, dtype=object), return_index=True)[1]
+    planned = plan_shard(personas_table, kept, config, counters)
+    # stable_id("episode", user, query id, *shot ids): each part's id_key made once and the
+    # keys of an episode joined in Arrow; only the hashing is row by row.
+    judgment_keys = id_key_column(kept["judgment_uuid"])
+    user_keys = pa.array(
+        [id_key("episode", uuid) for uuid in personas_table["persona_uuid"].to_pylist()],
+        pa.binary(),
+    )
+    width = planned.shots.shape[1] + 1
+    offsets = pa.array(np.arange(len(planned.query) + 1) * width, pa.int32())
+    episode_rows = np.concatenate([planned.query[:, None], planned.shots], axis=1).ravel()
+    episode_keys = pc.binary_join_element_wise(
+        user_keys.take(pa.array(planned.owner, pa.int64())),
+        pc.binary_join(
+            pa.ListArray.from_arrays(offsets, judgment_keys.take(pa.array(episode_rows))),
+            pa.scalar(b"", pa.binary()),
+        ),
+        pa.scalar(b"", pa.binary()),
+    )
+    episode_ids = np.array([id_of(key) for key in episode_keys.to_pylist()], dtype=object)
+    first = np.unique(episode_ids, return_index=True)[1]
     if dropped := len(episode_ids) - len(first):
         counters["repeat_duplicates_dropped"] += dropped
-        unique = np.sort(first).tolist()
-        owners, planned = [owners[i] for i in unique], [planned[i] for i in unique]
-        episode_ids = [episode_ids[i] for i in unique]
-    query = kept.take(pa.array([e.query for e in planned], pa.int64()))
-    shot_rows = pa.array([r for e in planned for r in e.shots], pa.int64())
-    offsets = pa.array(np.cumsum([0] + [len(e.shots) for e in planned]), pa.int32())
-    shot_values = kept.select(list(SHOT_FIELDS)).take(shot_rows)
+        unique = np.sort(first)
+        planned, episode_ids = planned.take(unique), episode_ids[unique]
+    owners = planned.owner
+    query = kept.take(pa.array(planned.query, pa.int64()))
+    shot_values = kept.select(list(SHOT_FIELDS)).take(pa.array(planned.shots.ravel(), pa.int64()))
     shots = pa.ListArray.from_arrays(
-        offsets,
+        pa.array(np.arange(len(owners) + 1) * (width - 1), pa.int32()),
         pa.StructArray.from_arrays(
             [c.combine_chunks() for c in shot_values.columns], names=list(SHOT_FIELDS)
         ),
     )
-    owner_uuids = [personas[i].persona_uuid for i in owners]
+    owner_uuids = personas_table["persona_uuid"].take(pa.array(owners, pa.int64()))
     columns = {
         "episode_uuid": episode_ids,
         "persona_uuid": owner_uuids,
-        "domain": [personas[i].domain for i in owners],
-        "split": [e.split for e in planned],
+        "domain": personas_table["domain"].take(pa.array(owners, pa.int64())),
+        "split": planned.split.tolist(),
         "persona_description": query["persona_description"],
         "traits": personas_table["traits"].take(pa.array(owners, pa.int64())),
         "shots": shots,
@@ -238,8 +274,8 @@ def episode_table(
         "chosen": completion_column(query["chosen"].combine_chunks()),
         "rejected": completion_column(query["rejected"].combine_chunks()),
     }
-    counters.update(f"episodes_{e.split}" for e in planned)
-    if without := len(personas) - len(set(owners)):
+    counters.update(f"episodes_{split}" for split in planned.split.tolist())
+    if without := personas_table.num_rows - len(np.unique(owners)):
         counters["users_without_episode"] += without
     schema = Episode.arrow_schema()
     return pa.Table.from_arrays(

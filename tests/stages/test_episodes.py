@@ -185,11 +185,10 @@ def test_a_window_whose_last_question_repeats_takes_another_query_or_is_skipped(
         splits={"test_user_fraction": 0, "test_question_fraction": 0},
     )
     questions = np.array([0, 1, 1, 2, 2, 2])
-    episode = episodes.window_episode(np.array([0, 1, 2]), questions, "train")
-    assert episode == episodes.PlannedEpisode("train", 0, [1, 2])  # pair 2 shares q1 with 1
-    clean = episodes.window_episode(np.array([1, 3, 0]), questions, "train")
-    assert clean == episodes.PlannedEpisode("train", 0, [1, 3])  # the last pair, as before
-    assert episodes.window_episode(np.array([3, 4, 5]), questions, "train") is None
+    windows = np.array([[0, 1, 2], [1, 3, 0], [3, 4, 5]])
+    # Pair 2 shares q1 with pair 1, so pair 0 is the query; then the last pair, as before;
+    # then no pair's question is alone.
+    assert episodes.window_queries(windows, questions).tolist() == [0, 2, -1]
     # One user, one question: no window can be formed, and each is counted.
     judgments = [_judgment("u", i, "q") for i in range(6)]
     result, counters = _cut(config, judgments, [_persona("u")])
