@@ -131,12 +131,9 @@ class DomainSpec(DomainFile):
     def templated_description(self, traits: list[Trait]) -> str:
         return Template(self.persona.description).substitute({t.name: t.value for t in traits})
 
-    def is_held_out_user(self, traits: list[Trait]) -> bool:
-        held = self.persona.held_out_trait_values
-        return any(t.value in held.get(t.name, ()) for t in traits)
-
     def held_out_users(self, traits: pa.Array) -> np.ndarray:
-        """(n,) `is_held_out_user` of each row of a traits column (list of name/value)."""
+        """(n,) whether each row of a traits column (list of name/value) holds a trait value
+        of `persona.held_out_trait_values`: those users' episodes all go to `test_users`."""
         flat = traits.flatten()
         hit = np.zeros(len(flat), bool)
         for name, values in self.persona.held_out_trait_values.items():
