@@ -116,16 +116,23 @@ class Dispatcher:
         Once fewer shards are left than replicas, a replica already computing one queues no
         second: that shard would wait out the first while another replica's engine stood free.
         """
+        in_flight = self._in_flight_by_replica()
         for position, slot in enumerate(self.idle):
-            if len(self.todo) < self.replicas and self._computing(slot):
+            if len(self.todo) < self.replicas and id(slot) in in_flight:
                 continue
-            return None if self._others_finish_sooner(slot) else position
+            return None if self._others_finish_sooner(slot, in_flight) else position
         return None
 
-    def _computing(self, slot: Any) -> bool:
-        return any(spec is not None and other is slot for spec, other, _ in self.pending.values())
+    def _in_flight_by_replica(self) -> dict[int, tuple[int, float]]:
+        """id(replica) -> (its shards in flight, when the first of them was submitted)."""
+        in_flight: dict[int, tuple[int, float]] = {}
+        for spec, slot, submitted in self.pending.values():
+            if spec is not None:
+                count, since = in_flight.get(id(slot), (0, submitted))
+                in_flight[id(slot)] = (count + 1, min(since, submitted))
+        return in_flight
 
-    def _others_finish_sooner(self, slot: Any) -> bool:
+    def _others_finish_sooner(self, slot: Any, in_flight: dict[int, tuple[int, float]]) -> bool:
         """Whether the other busy replicas, each at the pace of its last shard, would finish
         every shard left before `slot` finished one more (then it waits: the last shards go to
         the fast replicas, not to a straggler).
@@ -136,11 +143,7 @@ class Dispatcher:
         mine = self.took.get(id(slot))
         if mine is None:
             return False
-        now, in_flight = time.perf_counter(), {}
-        for spec, other, submitted in self.pending.values():
-            if spec is not None:
-                count, since = in_flight.get(id(other), (0, submitted))
-                in_flight[id(other)] = (count + 1, min(since, submitted))
+        now = time.perf_counter()
 
         def free_in(replica: int, pace: float) -> float:
             # Its shard computing now started when it was submitted or when the one before
